@@ -1,0 +1,35 @@
+# daq-search: `make demo` installs and runs the main job on the embedded digits data; `make test` installs and
+# runs the test suite; `make bench` runs the benchmark (writes bench/results/).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+RUNS ?= runs
+
+.PHONY: install demo test test-fast bench bench-quick clean
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps animal-mnist==0.4
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/daq-search search jobs/demo.yaml --storage $(RUNS)
+	$(VENV)/bin/daq-search train $(RUNS)/demo/winner.yaml
+
+test: $(STAMP)
+	$(VENV)/bin/pytest -q
+
+test-fast: $(STAMP)
+	$(VENV)/bin/pytest -q -m "not slow"
+
+bench: $(STAMP)
+	$(PY) -m bench.run
+
+bench-quick: $(STAMP)
+	$(PY) -m bench.run --quick
+
+clean:
+	rm -rf $(RUNS) build *.egg-info .pytest_cache

@@ -1,0 +1,301 @@
+"""Job specs (``jobs/*.yaml``) and winner files: validated once at load, then passed inside as typed objects.
+
+Every problem with a file (missing, not YAML, an unknown key, a value out of range, a search space or candidate that
+does not exist) raises :class:`~daq_search.errors.DaqSearchError` with one line naming the file, the field and what
+is allowed, before any Ray work starts. Relative paths inside a job file (``search_space``, ``teacher.checkpoint``,
+``data.root``) are resolved against the job file's folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .augment import Candidate, SearchSpace, load_search_space, parse_candidate
+from .data import DATASETS, DataSpec
+from .errors import DaqSearchError
+from .metric import METRIC_MODES
+from .models import list_models
+from .quant import QUANT_METHODS
+
+
+class _Strict(BaseModel):
+    """A config section: unknown keys are errors, values are immutable after validation."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Strict):
+    """Which data set, where it lives, and how it is split."""
+
+    name: str = "digits"
+    root: str | None = None
+    image_size: int | None = Field(None, ge=8, le=512)
+    train_per_class: int | None = Field(None, ge=1)
+    val_per_class: int = Field(10, ge=1)
+    seed: int = 0
+
+    @field_validator("name")
+    @classmethod
+    def _known_data_set(cls, name: str) -> str:
+        if name not in DATASETS:
+            raise ValueError(f"unknown data set {name!r}; allowed: {', '.join(DATASETS)}")
+        return name
+
+    def spec(self) -> DataSpec:
+        """The data module's spec for this section."""
+        return DataSpec(**self.model_dump())
+
+
+class RecipeConfig(_Strict):
+    """How a model is trained: epochs, batch size, optimiser and learning-rate schedule."""
+
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(128, ge=1)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    schedule: Literal["cosine", "constant"] = "cosine"
+
+
+def _known_model(name: str) -> str:
+    if name not in list_models():
+        raise ValueError(f"unknown model {name!r}; allowed: {', '.join(list_models())}")
+    return name
+
+
+def _valid_candidate(text: str) -> str:
+    try:
+        return parse_candidate(text).id
+    except DaqSearchError as err:
+        raise ValueError(str(err)) from None
+
+
+ModelName = Annotated[str, AfterValidator(_known_model)]
+CandidateId = Annotated[str, AfterValidator(_valid_candidate)]
+"""A candidate's canonical id (any spelling that parses is accepted and normalised)."""
+
+
+class TeacherConfig(_Strict):
+    """The full-precision teacher: a checkpoint to load, or how to train it (once, then cached)."""
+
+    model: ModelName = "resnet8"
+    width: float = Field(1.0, gt=0)
+    checkpoint: str | None = None
+    augment: CandidateId = "none"
+    recipe: RecipeConfig = RecipeConfig(epochs=30)
+    seed: int = 0
+
+
+class StudentConfig(_Strict):
+    """The student architecture and where its weights start: the teacher's (as in the paper) or from scratch."""
+
+    model: ModelName = "resnet8"
+    width: float = Field(1.0, gt=0)
+    init: Literal["teacher", "scratch"] = "teacher"
+
+
+class QuantConfig(_Strict):
+    """Fake-quantisation of the student: method and bit widths (first conv and last linear get ``first_last_bits``)."""
+
+    method: str = "lsq"
+    wbits: int = Field(2, ge=2, le=8)
+    abits: int = Field(2, ge=2, le=8)
+    first_last_bits: int | None = Field(8, ge=2, le=8)
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, method: str) -> str:
+        if method not in QUANT_METHODS:
+            raise ValueError(f"unknown quantizer {method!r}; allowed: {', '.join(QUANT_METHODS)}")
+        return method
+
+
+class KDConfig(_Strict):
+    """Loss ``gamma * CE + alpha * T^2 * KL(teacher || student)``; ``gamma = 0`` is SQAKD's label-free loss."""
+
+    gamma: float = Field(1.0, ge=0)
+    alpha: float = Field(2.0, ge=0)
+    temperature: float = Field(4.0, gt=0)
+
+
+class ScorerConfig(_Strict):
+    """The DA score: CMI weight ``lam``, softmax temperature, and the seeded stratified scoring subset of train."""
+
+    lam: float = Field(1.0, ge=0)
+    temperature: float = Field(1.0, gt=0)
+    subset: int = Field(512, ge=20)
+    batch_size: int = Field(256, ge=1)
+    t_stddev_group: int = Field(5, ge=1)
+    t_stddev_epochs: int = Field(2, ge=1)
+
+
+class SearcherConfig(_Strict):
+    """Optuna TPE: seed, number of trials, and known-good candidates to evaluate first."""
+
+    seed: int = 0
+    num_samples: int = Field(12, ge=1)
+    points_to_evaluate: list[CandidateId] = []
+
+
+class SchedulerConfig(_Strict):
+    """ASHA early stopping on the objective (``enabled: false`` runs every trial to its budget)."""
+
+    enabled: bool = True
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(2.0, gt=1)
+
+
+class ResourcesConfig(_Strict):
+    """What one trial reserves: CPUs and a (fractional) GPU share."""
+
+    cpus_per_trial: float = Field(1.0, gt=0)
+    gpus_per_trial: float = Field(0.0, ge=0)
+
+
+class FinalConfig(_Strict):
+    """The final distributed QAT+KD training of the winner."""
+
+    recipe: RecipeConfig = RecipeConfig(epochs=30)
+    workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    baseline: CandidateId | None = "none"
+
+
+class JobSpec(_Strict):
+    """One daq-search job: what to search, how each trial trains, and how the winner is trained to the end.
+
+    A winner file is the same spec with ``candidate`` set to the winning augmentation and
+    ``teacher.checkpoint`` set to the teacher the search used.
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
+    data: DataConfig = DataConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    student: StudentConfig = StudentConfig()
+    quant: QuantConfig = QuantConfig()
+    kd: KDConfig = KDConfig()
+    search_space: str = "search_spaces/default.yaml"
+    scorer: ScorerConfig = ScorerConfig()
+    trial: RecipeConfig = RecipeConfig(epochs=6)
+    searcher: SearcherConfig = SearcherConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    max_concurrent_trials: int = Field(2, ge=1)
+    max_failures: int = Field(0, ge=0)
+    objective: str = "score"
+    storage: str = "runs"
+    final: FinalConfig = FinalConfig()
+    candidate: CandidateId | None = None
+
+    @field_validator("objective")
+    @classmethod
+    def _known_objective(cls, objective: str) -> str:
+        if objective not in METRIC_MODES:
+            raise ValueError(f"unknown metric {objective!r}; allowed: {', '.join(METRIC_MODES)}")
+        return objective
+
+    @model_validator(mode="after")
+    def _student_matches_teacher(self) -> "JobSpec":
+        if self.student.init == "teacher" and (self.student.model, self.student.width) != (
+            self.teacher.model,
+            self.teacher.width,
+        ):
+            raise ValueError(
+                f"student.init: 'teacher' needs the student to be the teacher's architecture "
+                f"({self.teacher.model}, width {self.teacher.width}); use init: scratch for a different student"
+            )
+        return self
+
+    @property
+    def mode(self) -> str:
+        """``min`` or ``max``: the direction in which the objective improves."""
+        return METRIC_MODES[self.objective]
+
+    def load_search_space(self) -> SearchSpace:
+        """The search space this job names (its path was made absolute at load)."""
+        return load_search_space(self.search_space)
+
+    def winner_candidate(self) -> Candidate:
+        """The candidate a winner file carries; an error when this spec is a plain job, not a winner."""
+        if self.candidate is None:
+            raise DaqSearchError(
+                "candidate: not set; `daq-search train` takes a winner.yaml written by a search "
+                "(or a job file with `candidate: <augmentation id>`)"
+            )
+        return parse_candidate(self.candidate)
+
+
+def _format_error(source: str, err: ValidationError) -> str:
+    """One line for the first validation problem: ``file: field.path: problem``."""
+    first = err.errors()[0]
+    loc = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        section: Any = JobSpec
+        for part in first["loc"][:-1]:
+            section = section.model_fields[part].annotation
+        allowed = ", ".join(section.model_fields)
+        return f"{source}: {loc}: unknown key; allowed: {allowed}"
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] in ("missing",):
+        return f"{source}: {loc}: required field is missing"
+    return f"{source}: {loc}: {msg} (got {first.get('input')!r})"
+
+
+def _resolve(base: Path, path: str | None) -> str | None:
+    """``path`` made absolute against ``base`` (the job file's folder); None stays None."""
+    if path is None:
+        return None
+    p = Path(path).expanduser()
+    return str(p if p.is_absolute() else (base / p).resolve())
+
+
+def job_from_dict(raw: Any, source: str, base_dir: Path) -> JobSpec:
+    """Validate a parsed job mapping; ``source`` names it in errors and ``base_dir`` anchors relative paths."""
+    if not isinstance(raw, dict):
+        raise DaqSearchError(f"{source}: expected a YAML mapping of job fields at the top level")
+    try:
+        job = JobSpec.model_validate(raw)
+    except ValidationError as err:
+        raise DaqSearchError(_format_error(source, err)) from None
+    job = job.model_copy(
+        update={
+            "search_space": _resolve(base_dir, job.search_space),
+            "teacher": job.teacher.model_copy(update={"checkpoint": _resolve(base_dir, job.teacher.checkpoint)}),
+            "data": job.data.model_copy(update={"root": _resolve(base_dir, job.data.root)}),
+        }
+    )
+    if not Path(job.search_space).is_file():
+        raise DaqSearchError(f"{source}: search_space: no such file {job.search_space}")
+    if job.teacher.checkpoint is not None and not Path(job.teacher.checkpoint).is_file():
+        raise DaqSearchError(f"{source}: teacher.checkpoint: no such file {job.teacher.checkpoint}")
+    space = job.load_search_space()
+    for point in job.searcher.points_to_evaluate:
+        try:
+            space.params_of(parse_candidate(point))
+        except DaqSearchError as err:
+            raise DaqSearchError(f"{source}: searcher.points_to_evaluate: {err}") from None
+    return job
+
+
+def load_job(path: str | Path) -> JobSpec:
+    """Read and validate a job (or winner) YAML file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DaqSearchError(f"{path}: no such job file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise DaqSearchError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+    return job_from_dict(raw, str(path), path.resolve().parent)
+
+
+def job_to_yaml(job: JobSpec) -> str:
+    """The spec as YAML text that :func:`load_job` reads back to an equal spec (paths are absolute)."""
+    return yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,360 @@
+"""A search's results as open tables: ``RUN_DIR/trials.parquet`` (one row per trial) and
+``RUN_DIR/trial_epochs.parquet`` (one row per reported epoch), plus reading, formatting and plotting them.
+
+The tables are written while the search runs (:class:`TrialTable`, driven by the search's Tune callback); every
+write goes to a temporary file that then replaces the old one, so a killed run keeps every row written so far and a
+reader never sees half a file. This module imports neither Ray nor torch: ``daq-search results`` reads the files
+alone.
+
+Statuses: ``running`` (in flight), ``completed`` (trained its full budget), ``pruned`` (ASHA stopped it before its
+budget, without error), ``failed`` (raised; ``error`` holds the exception's last line).
+
+Ranking (the winner and "best so far"): trials that did not fail are ranked first by how many epochs they trained,
+then by the best value of the objective over their epochs, in the objective's direction. This follows ASHA: a
+pruned trial lost at a rung against the trials ASHA let go on, so a trial that got further is preferred to one that
+stopped earlier, and among trials that got equally far the best epoch counts (as in Tune's
+``get_best_result(scope="all")``).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import DaqSearchError
+
+TRIALS_FILE = "trials.parquet"
+EPOCHS_FILE = "trial_epochs.parquet"
+STATUSES = ("running", "completed", "pruned", "failed")
+
+REPORTED_METRICS: dict[str, str] = {
+    "score": "min",
+    "score_ce": "min",
+    "cmi": "max",
+    "align": "min",
+    "sample_ce": "min",
+    "teacher_score": "min",
+    "teacher_score_ce": "min",
+    "teacher_cmi": "max",
+    "teacher_align": "min",
+    "teacher_sample_ce": "min",
+    "t_stddev": "min",
+    "val_acc": "max",
+    "val_loss": "min",
+    "train_loss": "min",
+    "images_per_s": "max",
+}
+"""Every metric a trial reports per epoch, with the direction in which it improves (``min`` or ``max``). The search
+metrics among them are :data:`daq_search.metric.METRIC_MODES` (kept here so reading results needs no torch)."""
+
+KNOB_TYPES = {"int": pa.int64(), "float": pa.float64(), "str": pa.string()}
+"""Arrow type of a knob column, by the knob's value type name."""
+
+_TIME = pa.timestamp("ms", tz="UTC")
+
+TRIALS_SCHEMA = pa.schema(
+    [
+        pa.field("trial_id", pa.string(), nullable=False),
+        pa.field("candidate", pa.string()),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("epochs", pa.int64(), nullable=False),
+        *(pa.field(f"{metric}_{which}", pa.float64()) for metric in REPORTED_METRICS for which in ("last", "best")),
+        pa.field("error", pa.string()),
+        pa.field("started_at", _TIME),
+        pa.field("ended_at", _TIME),
+        pa.field("wall_s", pa.float64()),
+    ]
+)
+"""Columns of ``trials.parquet`` other than the knobs. A run's file also has one column per knob of its search space
+(``policy``, ``mix``, ``<policy>.<knob>``, ``<mix>.<knob>``; null where the trial's candidate lacks the knob),
+placed after ``candidate``: see :func:`trials_schema`. ``wall_s`` is the seconds the trial trained (Tune's
+``time_total_s``, summed over resumes), or start to end for a trial that never reported."""
+
+EPOCHS_SCHEMA = pa.schema(
+    [
+        pa.field("trial_id", pa.string(), nullable=False),
+        pa.field("candidate", pa.string()),
+        pa.field("epoch", pa.int64(), nullable=False),
+        *(pa.field(metric, pa.float64()) for metric in REPORTED_METRICS),
+    ]
+)
+"""Columns of ``trial_epochs.parquet``: one row per (trial, epoch)."""
+
+_META_KEYS = ("objective", "mode", "max_epochs")
+
+
+def trials_schema(knob_types: dict[str, str]) -> pa.Schema:
+    """The full ``trials.parquet`` schema: :data:`TRIALS_SCHEMA` with one column per knob (``{column: "int" |
+    "float" | "str"}``, in the given order) inserted after ``candidate``."""
+    fields = list(TRIALS_SCHEMA)
+    at = TRIALS_SCHEMA.get_field_index("candidate") + 1
+    knob_fields = [pa.field(column, KNOB_TYPES[kind]) for column, kind in knob_types.items()]
+    return pa.schema(fields[:at] + knob_fields + fields[at:])
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _better(mode: str, new: float, old: float | None) -> bool:
+    """Whether ``new`` improves on ``old`` in direction ``mode`` (NaN never does)."""
+    if new is None or math.isnan(new):
+        return False
+    return old is None or math.isnan(old) or (new < old if mode == "min" else new > old)
+
+
+class TrialTable:
+    """The rows of one search, kept in memory and flushed to the two Parquet files after every change.
+
+    ``max_epochs`` is the trial budget (a trial that ends earlier without error is ``pruned``); ``knob_types`` names
+    the knob columns of the search space; ``objective`` and ``mode`` are stored in the files' metadata so a reader
+    can rank the trials without the job file.
+    """
+
+    def __init__(self, run_dir: str | Path, *, max_epochs: int, knob_types: dict[str, str], objective: str, mode: str):
+        self.run_dir = Path(run_dir)
+        self.max_epochs = max_epochs
+        self.knob_types = dict(knob_types)
+        self.objective = objective
+        self.mode = mode
+        self.trials: dict[str, dict[str, Any]] = {}
+        self.epochs: dict[tuple[str, int], dict[str, Any]] = {}
+
+    @property
+    def schema(self) -> pa.Schema:
+        """The trials schema with this run's knob columns and its objective in the metadata."""
+        meta = {"objective": self.objective, "mode": self.mode, "max_epochs": str(self.max_epochs)}
+        return trials_schema(self.knob_types).with_metadata({f"daq_search.{k}": v for k, v in meta.items()})
+
+    def load(self) -> None:
+        """Read the rows already on disk (a resumed search keeps them); nothing happens when there are none."""
+        trials_path, epochs_path = self.run_dir / TRIALS_FILE, self.run_dir / EPOCHS_FILE
+        if trials_path.is_file():
+            for row in pq.read_table(trials_path).to_pylist():
+                self.trials[row["trial_id"]] = row
+        if epochs_path.is_file():
+            for row in pq.read_table(epochs_path).to_pylist():
+                self.epochs[(row["trial_id"], row["epoch"])] = row
+
+    def start(self, trial_id: str, candidate: str, knobs: dict[str, Any]) -> dict[str, Any]:
+        """Mark a trial as running (a resumed trial keeps its first start time and its epochs); returns its row."""
+        row = self.trials.get(trial_id)
+        if row is None:
+            row = {"trial_id": trial_id, "candidate": candidate, "epochs": 0, "started_at": _now()}
+            row.update({column: knobs.get(column) for column in self.knob_types})
+            self.trials[trial_id] = row
+        row.update(status="running", ended_at=None, error=None)
+        return row
+
+    def add_epoch(self, trial_id: str, epoch: int, metrics: dict[str, Any], seconds: float | None = None) -> dict:
+        """Record one reported epoch (a re-reported epoch after a resume replaces the old one); updates the trial's
+        ``<metric>_last`` / ``<metric>_best``, ``epochs`` and ``wall_s`` (``seconds`` trained so far)."""
+        row = self.trials[trial_id]
+        values = {metric: _float(metrics.get(metric)) for metric in REPORTED_METRICS}
+        self.epochs[(trial_id, epoch)] = {"trial_id": trial_id, "candidate": row["candidate"], "epoch": epoch, **values}
+        history = sorted((e for (t, e) in self.epochs if t == trial_id))
+        row["epochs"] = history[-1]
+        for metric, mode in REPORTED_METRICS.items():
+            series = [self.epochs[(trial_id, e)][metric] for e in history]
+            row[f"{metric}_last"] = series[-1]
+            best = None
+            for value in series:
+                if _better(mode, value, best):
+                    best = value
+            row[f"{metric}_best"] = best
+        if seconds is not None:
+            row["wall_s"] = float(seconds)
+        return row
+
+    def end(self, trial_id: str, error: str | None = None) -> dict[str, Any]:
+        """Mark a trial ended: ``failed`` with ``error``, else ``pruned`` before its budget or ``completed``."""
+        row = self.trials[trial_id]
+        if error is not None:
+            row["status"] = "failed"
+        else:
+            row["status"] = "completed" if row["epochs"] >= self.max_epochs else "pruned"
+        row["error"] = error
+        row["ended_at"] = _now()
+        if row.get("wall_s") is None and row.get("started_at") is not None:
+            row["wall_s"] = (row["ended_at"] - row["started_at"]).total_seconds()
+        return row
+
+    def write(self) -> None:
+        """Write both files atomically (temp file, then ``os.replace``)."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        trials = pa.Table.from_pylist(list(self.trials.values()), schema=self.schema)
+        epoch_rows = [self.epochs[key] for key in sorted(self.epochs)]
+        epochs = pa.Table.from_pylist(epoch_rows, schema=EPOCHS_SCHEMA.with_metadata(self.schema.metadata))
+        _write_atomic(trials, self.run_dir / TRIALS_FILE)
+        _write_atomic(epochs, self.run_dir / EPOCHS_FILE)
+
+    def frame(self) -> pd.DataFrame:
+        """The trials as a DataFrame (as :func:`read_trials` would return them)."""
+        return pa.Table.from_pylist(list(self.trials.values()), schema=self.schema).to_pandas()
+
+
+def _float(value: Any) -> float | None:
+    """A metric value as a float; None stays None."""
+    return None if value is None else float(value)
+
+
+def _write_atomic(table: pa.Table, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def _read(run_dir: str | Path, file_name: str) -> pa.Table:
+    path = Path(run_dir) / file_name
+    if not path.is_file():
+        raise DaqSearchError(f"{run_dir}: no {file_name} (not a daq-search run folder, or no trial has started yet)")
+    return pq.read_table(path)
+
+
+def read_trials(run_dir: str | Path) -> pd.DataFrame:
+    """``RUN_DIR/trials.parquet`` as a DataFrame; ``df.attrs`` holds the run's ``objective``, ``mode`` and
+    ``max_epochs`` where the file records them."""
+    table = _read(run_dir, TRIALS_FILE)
+    df = table.to_pandas()
+    df.attrs.update(run_metadata(table.schema))
+    return df
+
+
+def read_epochs(run_dir: str | Path) -> pd.DataFrame:
+    """``RUN_DIR/trial_epochs.parquet`` as a DataFrame, one row per (trial, epoch), sorted by trial and epoch."""
+    return _read(run_dir, EPOCHS_FILE).to_pandas()
+
+
+def run_metadata(schema: pa.Schema) -> dict[str, Any]:
+    """The ``objective``, ``mode`` and ``max_epochs`` a results file was written with (empty when absent)."""
+    meta = schema.metadata or {}
+    out: dict[str, Any] = {}
+    for key in _META_KEYS:
+        raw = meta.get(f"daq_search.{key}".encode())
+        if raw is not None:
+            out[key] = int(raw) if key == "max_epochs" else raw.decode()
+    return out
+
+
+def rank_trials(df: pd.DataFrame, objective: str, mode: str) -> pd.DataFrame:
+    """The trials that did not fail and reported at least once, best first: most epochs trained, then the best value
+    of ``objective`` over their epochs (in direction ``mode``); ties keep the earlier trial id."""
+    column = f"{objective}_best"
+    ok = df[(df["status"] != "failed") & (df["epochs"] > 0) & df[column].notna()]
+    return ok.sort_values(["epochs", column, "trial_id"], ascending=[False, mode == "min", True], kind="stable")
+
+
+def best_trial(df: pd.DataFrame, objective: str, mode: str) -> dict[str, Any] | None:
+    """The winning trial's row (see :func:`rank_trials`) among ``completed`` and ``pruned`` trials, or None."""
+    ranked = rank_trials(df[df["status"].isin(["completed", "pruned"])], objective, mode)
+    return None if ranked.empty else ranked.iloc[0].to_dict()
+
+
+def sort_trials(df: pd.DataFrame, column: str | None = None) -> pd.DataFrame:
+    """Trials sorted by ``column`` in its metric's direction (``<metric>_last/_best`` columns; other columns
+    ascending), nulls last; without a column, by the run's ranking (failed and unreported trials last)."""
+    if column is None:
+        objective, mode = df.attrs.get("objective"), df.attrs.get("mode")
+        if objective is None or f"{objective}_best" not in df:
+            return df.sort_values("trial_id", kind="stable")
+        ranked = rank_trials(df, objective, mode)
+        return pd.concat([ranked, df.drop(ranked.index).sort_values("trial_id", kind="stable")])
+    if column not in df:
+        raise DaqSearchError(f"--sort: unknown column {column!r}; allowed: {', '.join(df.columns)}")
+    metric = column.rsplit("_", 1)[0]
+    descending = column.endswith(("_last", "_best")) and REPORTED_METRICS.get(metric) == "max"
+    return df.sort_values(column, ascending=not descending, na_position="last", kind="stable")
+
+
+TABLE_COLUMNS = ("trial_id", "candidate", "status", "epochs")
+TABLE_METRICS = ("score_best", "score_ce_best", "val_acc_best", "teacher_score_last", "t_stddev_last")
+FORMATS = ("table", "csv", "json", "markdown")
+
+
+def display_columns(df: pd.DataFrame) -> list[str]:
+    """The columns shown by the ``table`` and ``markdown`` formats: identity, status, the objective's best, a few key
+    metrics, wall time and error (csv and json carry every column)."""
+    columns = list(TABLE_COLUMNS)
+    objective = df.attrs.get("objective")
+    if objective is not None and f"{objective}_best" in df:
+        columns.append(f"{objective}_best")
+    columns += [c for c in TABLE_METRICS if c not in columns] + ["wall_s", "error"]
+    return [c for c in columns if c in df]
+
+
+def _cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NaT:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def format_table(df: pd.DataFrame, fmt: str = "table") -> str:
+    """``df`` as text: ``table`` (aligned columns), ``csv``, ``json`` (a list of records, nulls as null) or
+    ``markdown`` (a GitHub table). ``table`` and ``markdown`` show :func:`display_columns` when ``df`` has the
+    trials columns, all columns otherwise."""
+    if fmt not in FORMATS:
+        raise DaqSearchError(f"--format: unknown format {fmt!r}; allowed: {', '.join(FORMATS)}")
+    if fmt == "csv":
+        return df.to_csv(index=False)
+    if fmt == "json":
+        return df.to_json(orient="records", date_format="iso", indent=1) + "\n"
+    columns = display_columns(df) if "status" in df else list(df.columns)
+    rows = [[_cell(value) for value in record] for record in df[columns].itertuples(index=False)]
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+        lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+        return "\n".join(lines) + "\n"
+    widths = [max([len(c)] + [len(row[i]) for row in rows]) for i, c in enumerate(columns)]
+    out = io.StringIO()
+    for row in [columns] + rows:
+        out.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() + "\n")
+    return out.getvalue()
+
+
+STATUS_COLOURS = {"completed": "tab:blue", "pruned": "tab:orange", "failed": "tab:red", "running": "tab:gray"}
+
+
+def plot_run(run_dir: str | Path, out_png: str | Path, metric: str = "score") -> Path:
+    """A PNG of a run: left, each trial's ``metric`` per epoch (pruned trials end early with an x); right,
+    ``metric`` (best over epochs) against validation accuracy (best), coloured by status. Returns the path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    trials, epochs = read_trials(run_dir), read_epochs(run_dir)
+    status = dict(zip(trials["trial_id"], trials["status"]))
+    fig, (curves, scatter) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for trial_id, group in epochs.groupby("trial_id", sort=True):
+        group = group.sort_values("epoch")
+        colour = STATUS_COLOURS.get(status.get(trial_id), "tab:gray")
+        curves.plot(group["epoch"], group[metric], color=colour, alpha=0.8, marker=".")
+        if status.get(trial_id) == "pruned":
+            curves.plot(group["epoch"].iloc[-1], group[metric].iloc[-1], color=colour, marker="x", markersize=9)
+    curves.set_xlabel("epoch")
+    curves.set_ylabel(metric)
+    curves.set_title(f"{metric} per epoch (x: pruned by ASHA)")
+    for name, colour in STATUS_COLOURS.items():
+        chosen = trials[trials["status"] == name]
+        if len(chosen):
+            scatter.scatter(chosen["val_acc_best"], chosen[f"{metric}_best"], color=colour, label=f"{name} ({len(chosen)})")
+    scatter.set_xlabel("val_acc (best epoch)")
+    scatter.set_ylabel(f"{metric} (best epoch)")
+    scatter.set_title(f"{metric} vs validation accuracy")
+    scatter.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png

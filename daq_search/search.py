@@ -1,0 +1,600 @@
+"""The augmentation search: Ray Tune trials of short QAT+KD trainings, sampled by Optuna TPE and pruned by ASHA.
+
+``run_search(JOB.yaml)`` validates the job and its data, trains (or loads) the teacher once, then runs
+``searcher.num_samples`` trials. A trial (:func:`run_trial`, a plain function of its config) builds the candidate
+its parameters describe, distils the fake-quantized student from the teacher under that augmentation for
+``trial.epochs`` epochs and reports after every epoch the DA score of the student's outputs on the scoring subset,
+the teacher-only scores of the candidate, validation accuracy and loss, and throughput. The search's Tune callback
+(:class:`SearchCallback`) prints one line per trial event plus a periodic summary, and keeps ``RUN_DIR/trials.parquet``
+and ``RUN_DIR/trial_epochs.parquet`` up to date (see :mod:`daq_search.results`). At the end the best trial becomes
+``RUN_DIR/winner.yaml``, the job with ``candidate`` and ``teacher.checkpoint`` set, ready for ``daq-search train``.
+
+``RUN_DIR`` is ``<storage>/<name>`` and is also Tune's experiment folder, so ``resume=True`` restores it with
+``Tuner.restore``: finished trials stay finished, unfinished ones continue from their last epoch checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+import torch
+from ray import tune
+from ray.tune.experiment import Trial
+
+from .augment import MIXES, POLICIES, Candidate, SearchSpace, parse_candidate
+from .config import JobSpec, ScorerConfig, job_to_yaml, load_job
+from .data import DataBundle, DataSpec, load_data, stratified_indices
+from .errors import DaqSearchError
+from .kd import (
+    build_student,
+    eval_loader,
+    evaluate,
+    get_teacher,
+    load_teacher,
+    make_optimizer,
+    make_scheduler,
+    run_epoch,
+    train_loader,
+)
+from .metric import METRIC_MODES, score_candidate, teacher_t_stddev
+from .results import REPORTED_METRICS, TrialTable, best_trial, format_table, rank_trials
+from .runtime import ray_session
+
+WINNER_FILE = "winner.yaml"
+TEACHER_SCORES_FILE = "teacher_scores.parquet"
+TRIAL_STATE_FILE = "trial.pt"
+MIN_T_STDDEV_GROUPS = 10
+SUMMARY_EVERY_S = 30.0
+TOP_SHOWN = 5
+
+# --- validation and the pieces shared by trials and `daq-search score` ------------------------------------------
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """A validated search: the job, its space, the loaded data and where its results go."""
+
+    job: JobSpec
+    space: SearchSpace
+    bundle: DataBundle
+    storage: Path
+    name: str
+
+    @property
+    def run_dir(self) -> Path:
+        """``<storage>/<name>``: Tune's experiment folder and the home of the results tables and winner file."""
+        return self.storage / self.name
+
+
+def _storage_path(storage: str) -> Path:
+    """``storage`` as an absolute local path; URIs are refused (the tables and teacher cache need a file system)."""
+    if "://" in storage:
+        raise DaqSearchError(
+            f"storage: {storage!r} is a URI; allowed: a local or shared (NFS) folder path, "
+            "which the results tables and the teacher cache are written to"
+        )
+    return Path(storage).expanduser().resolve()
+
+
+def plan_search(job_path: str | Path, *, storage: str | None = None, name: str | None = None) -> SearchPlan:
+    """Validate a search before any Ray work: the job file, its search space and points to evaluate (by
+    :func:`load_job`), the data (loaded once here, so a missing folder fails now) and the scoring subset.
+    ``storage`` and ``name`` override the job's."""
+    job = load_job(job_path)
+    if name is not None:
+        job = JobSpec.model_validate({**job.model_dump(), "name": name}) if _valid_name(name) else job
+    space = job.load_search_space()
+    bundle = load_data(job.data.spec())
+    scoring_subset(bundle, job.scorer.subset, job.data.seed)
+    return SearchPlan(job, space, bundle, _storage_path(storage or job.storage), job.name)
+
+
+def _valid_name(name: str) -> bool:
+    if not name or not all(ch.isalnum() or ch in "._-" for ch in name):
+        raise DaqSearchError(f"--name: {name!r} is not allowed; allowed: letters, digits, '.', '_' and '-'")
+    return True
+
+
+def scoring_subset(bundle: DataBundle, size: int, seed: int):
+    """The scoring images: ``size // num_classes`` training images per class (at most the smallest class's count),
+    drawn by a seeded stratified shuffle, so every trial and ``daq-search score`` score the same images."""
+    counts = torch.bincount(bundle.train.labels, minlength=bundle.num_classes)
+    per_class = min(max(1, size // bundle.num_classes), int(counts.min()))
+    if per_class < 1:
+        raise DaqSearchError("data: a class has no training image; the scoring subset needs every class")
+    return bundle.train.subset(stratified_indices(bundle.train.labels, per_class, seed))
+
+
+def t_stddev_batch_size(n: int, scorer: ScorerConfig) -> int:
+    """Batch size for T-stddev over ``n`` scoring images: at most ``scorer.batch_size``, small enough for at least
+    :data:`MIN_T_STDDEV_GROUPS` groups of ``scorer.t_stddev_group`` batches over ``scorer.t_stddev_epochs`` passes."""
+    target = (n * scorer.t_stddev_epochs) // (MIN_T_STDDEV_GROUPS * scorer.t_stddev_group)
+    return max(1, min(scorer.batch_size, target))
+
+
+def teacher_metrics(
+    teacher: torch.nn.Module, subset, candidate: Candidate, bundle: DataBundle, job: JobSpec, device: Any = "cpu"
+) -> dict[str, float]:
+    """The candidate's teacher-only metrics (no training): the DA score terms of the teacher's outputs on the
+    augmented scoring subset (``teacher_score``, ``teacher_score_ce``, ``teacher_cmi``, ``teacher_align``,
+    ``teacher_sample_ce``, nats) and Wang et al.'s ``t_stddev``."""
+    scorer = job.scorer
+    da = score_candidate(
+        teacher,
+        subset,
+        candidate,
+        bundle=bundle,
+        lam=scorer.lam,
+        temperature=scorer.temperature,
+        batch_size=scorer.batch_size,
+        seed=job.data.seed,
+        device=device,
+    )
+    spread = teacher_t_stddev(
+        teacher,
+        subset,
+        candidate,
+        bundle=bundle,
+        batch_size=t_stddev_batch_size(len(subset), scorer),
+        group_size=scorer.t_stddev_group,
+        epochs=scorer.t_stddev_epochs,
+        seed=job.data.seed,
+        device=device,
+    )
+    return {
+        "teacher_score": da.score,
+        "teacher_score_ce": da.score_ce,
+        "teacher_cmi": da.cmi,
+        "teacher_align": da.align,
+        "teacher_sample_ce": da.sample_ce,
+        "t_stddev": spread,
+    }
+
+
+def knob_types(space: SearchSpace) -> dict[str, str]:
+    """The knob columns of a space's results table: ``policy``, ``mix`` and every ``<policy>.<knob>`` /
+    ``<mix>.<knob>`` of the candidates it can produce, with the knob's value type name (``int``, ``float``,
+    ``str``)."""
+    columns: dict[str, str] = {"policy": "str", "mix": "str"}
+    for candidate in space.candidates():
+        for name, args in ((candidate.policy, candidate.policy_args), (candidate.mix, candidate.mix_args)):
+            catalogue = POLICIES.get(name) or MIXES.get(name) or {}
+            for knob, _ in args:
+                columns.setdefault(f"{name}.{knob}", catalogue[knob].value_type.__name__)
+    return columns
+
+
+# --- the trial ------------------------------------------------------------------------------------------------
+
+_DATA_CACHE: dict[DataSpec, DataBundle] = {}
+
+
+def cached_data(spec: DataSpec) -> DataBundle:
+    """``load_data(spec)``, loaded once per worker process (Tune reuses trial actors)."""
+    if spec not in _DATA_CACHE:
+        _DATA_CACHE[spec] = load_data(spec)
+    return _DATA_CACHE[spec]
+
+
+def run_trial(config: dict) -> None:
+    """One search trial. ``config``: ``job`` (the JobSpec as a dict), ``teacher_checkpoint`` (path of the teacher
+    trained before the search) and the searcher's parameters, which name the candidate in the job's space.
+
+    Distils the quantized student for ``trial.epochs`` epochs; after each it reports ``epoch``, ``candidate`` and
+    every metric of :data:`daq_search.results.REPORTED_METRICS` with a checkpoint, and a restored trial continues
+    after its last checkpointed epoch. Raises ``FloatingPointError`` when the training loss stops being finite.
+    """
+    job = JobSpec.model_validate(config["job"])
+    torch.set_num_threads(max(1, int(job.resources.cpus_per_trial)))
+    use_gpu = job.resources.gpus_per_trial > 0 and torch.cuda.is_available()
+    device = torch.device("cuda" if use_gpu else "cpu")
+    candidate = job.load_search_space().candidate_from_params(config)
+    bundle = cached_data(job.data.spec())
+    teacher = load_teacher(config["teacher_checkpoint"], job.teacher, bundle)
+    subset = scoring_subset(bundle, job.scorer.subset, job.data.seed)
+    student = build_student(job.student, job.quant, bundle, teacher, seed=job.teacher.seed).to(device)
+    teacher.to(device)
+    seed = job.searcher.seed
+    steps_per_epoch = len(train_loader(bundle.train, candidate, bundle, job.trial.batch_size, seed))
+    optimizer = make_optimizer(student.parameters(), job.trial)
+    scheduler = make_scheduler(optimizer, job.trial, steps_per_epoch)
+    mix = build_batch_mix_for(candidate, bundle)
+    val = eval_loader(bundle.val, bundle)
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            state = torch.load(Path(folder) / TRIAL_STATE_FILE, map_location="cpu", weights_only=True)
+        student.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start, teacher_stats = state["epoch"] + 1, state["teacher"]
+    else:
+        start, teacher_stats = 1, teacher_metrics(teacher, subset, candidate, bundle, job, device)
+
+    for epoch in range(start, job.trial.epochs + 1):
+        torch.manual_seed(seed * 1_000_003 + epoch)
+        loader = train_loader(bundle.train, candidate, bundle, job.trial.batch_size, seed * 1_000_003 + epoch)
+        stats = run_epoch(
+            student, loader, optimizer, mix=mix, teacher=teacher, kd=job.kd, scheduler=scheduler, device=device
+        )
+        val_acc, val_loss = evaluate(student, val, device)
+        da = score_candidate(
+            student,
+            subset,
+            candidate,
+            bundle=bundle,
+            lam=job.scorer.lam,
+            temperature=job.scorer.temperature,
+            batch_size=job.scorer.batch_size,
+            seed=job.data.seed,
+            device=device,
+        )
+        metrics = {
+            "epoch": epoch,
+            "candidate": candidate.id,
+            "score": da.score,
+            "score_ce": da.score_ce,
+            "cmi": da.cmi,
+            "align": da.align,
+            "sample_ce": da.sample_ce,
+            **teacher_stats,
+            "val_acc": val_acc,
+            "val_loss": val_loss,
+            "train_loss": stats.loss,
+            "images_per_s": stats.images_per_s,
+        }
+        state = {
+            "model": student.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "epoch": epoch,
+            "teacher": teacher_stats,
+        }
+        with tempfile.TemporaryDirectory(prefix="daq-trial-") as folder:
+            torch.save(state, Path(folder) / TRIAL_STATE_FILE)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def build_batch_mix_for(candidate: Candidate, bundle: DataBundle):
+    """The candidate's batch-level mix for ``bundle``'s classes, or None."""
+    from .augment import build_batch_mix
+
+    return build_batch_mix(candidate, bundle.num_classes)
+
+
+# --- watching the search ----------------------------------------------------------------------------------------
+
+
+def error_line(trial: Trial) -> str:
+    """The last ``Type: message`` line of a failed trial's error (the exception the trial raised)."""
+    error = trial.get_error()
+    text = str(error) if error is not None else ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in reversed(lines):
+        head = line.split(":", 1)[0]
+        if ":" in line and head.replace(".", "").replace("_", "").isalnum() and head[:1].isupper():
+            return line
+    return lines[-1] if lines else "trial failed (no error message recorded)"
+
+
+class SearchCallback(tune.Callback):
+    """Records every trial event in the run's :class:`~daq_search.results.TrialTable` (written to Parquet after
+    each event) and prints one line per event, plus ``trials: ...; best so far: ...`` every ``summary_every_s``
+    seconds and at the end. ``log`` receives the lines (None: silent)."""
+
+    def __init__(
+        self,
+        table: TrialTable,
+        space: SearchSpace,
+        *,
+        log: Callable[[str], None] | None = print,
+        summary_every_s: float = SUMMARY_EVERY_S,
+    ):
+        self.table = table
+        self.space = space
+        self.log = log
+        self.summary_every_s = summary_every_s
+        self._last_summary = 0.0
+
+    def setup(self, **info) -> None:
+        """Load the rows of an earlier run of this search (a resume keeps them)."""
+        self.table.load()
+        self._last_summary = time.monotonic()
+
+    def _say(self, line: str) -> None:
+        if self.log is not None:
+            self.log(line)
+
+    def _candidate(self, trial: Trial) -> Candidate:
+        return self.space.candidate_from_params(trial.config)
+
+    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
+        candidate = self._candidate(trial)
+        resumed = trial.trial_id in self.table.trials
+        self.table.start(trial.trial_id, candidate.id, candidate.knobs())
+        self.table.write()
+        self._say(f"trial {trial.trial_id} {'resumed' if resumed else 'started'}: {candidate.id}")
+
+    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info) -> None:
+        if "epoch" not in result:
+            return
+        if trial.trial_id not in self.table.trials:
+            candidate = self._candidate(trial)
+            self.table.start(trial.trial_id, candidate.id, candidate.knobs())
+        epoch = int(result["epoch"])
+        self.table.add_epoch(trial.trial_id, epoch, result, seconds=result.get("time_total_s"))
+        self.table.write()
+        objective = self.table.objective
+        self._say(
+            f"trial {trial.trial_id} epoch {epoch}/{self.table.max_epochs}: "
+            f"{objective}={result.get(objective, math.nan):.4f} val_acc={result.get('val_acc', math.nan):.3f}"
+        )
+
+    def _ended(self, trial: Trial, error: str | None) -> None:
+        if trial.trial_id not in self.table.trials:
+            candidate = self._candidate(trial)
+            self.table.start(trial.trial_id, candidate.id, candidate.knobs())
+        row = self.table.end(trial.trial_id, error)
+        self.table.write()
+        if error is not None:
+            self._say(f"trial {trial.trial_id} failed: {row['candidate']}: {error}")
+            return
+        objective = self.table.objective
+        self._say(
+            f"trial {trial.trial_id} {row['status']} after {row['epochs']}/{self.table.max_epochs} epochs: "
+            f"{row['candidate']} {objective}={_fmt(row.get(f'{objective}_best'))}"
+        )
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
+        self._ended(trial, None)
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
+        self._ended(trial, error_line(trial))
+
+    def on_step_end(self, iteration: int, trials: list[Trial], **info) -> None:
+        if time.monotonic() - self._last_summary >= self.summary_every_s:
+            self._say(self.summary())
+            self._last_summary = time.monotonic()
+
+    def on_experiment_end(self, trials: list[Trial], **info) -> None:
+        self._say(self.summary())
+
+    def summary(self) -> str:
+        """``trials: N done, P pruned, R running, F failed; best so far: <candidate> <objective>=<value>``."""
+        counts = {status: 0 for status in ("completed", "pruned", "running", "failed")}
+        for row in self.table.trials.values():
+            counts[row["status"]] = counts.get(row["status"], 0) + 1
+        line = (
+            f"trials: {counts['completed']} done, {counts['pruned']} pruned, {counts['running']} running, "
+            f"{counts['failed']} failed"
+        )
+        if not self.table.trials:
+            return line
+        ranked = rank_trials(self.table.frame(), self.table.objective, self.table.mode)
+        if ranked.empty:
+            return line + "; best so far: none"
+        best = ranked.iloc[0]
+        objective = self.table.objective
+        return f"{line}; best so far: {best['candidate']} {objective}={_fmt(best[f'{objective}_best'])}"
+
+
+def _fmt(value: Any) -> str:
+    return "nan" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+
+
+# --- the search ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    """What a search left behind: its folder, the trials table, the winner file (None when no trial finished) and
+    whether it ran to the end (False after Ctrl-C)."""
+
+    run_dir: Path
+    trials: pd.DataFrame
+    winner_file: Path | None
+    finished: bool
+
+
+def _quiet_ray() -> None:
+    """Keep Tune's and Ray's own logging off the terminal (the callback's lines are the progress report)."""
+    for name in ("ray", "ray.tune", "ray.train", "ray.air"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="ray")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+
+def _build_tuner(plan: SearchPlan, teacher_path: Path, callback: SearchCallback, resume: bool):
+    """A fresh Tuner for ``plan`` or, with ``resume``, the one restored from its run folder."""
+    job, space = plan.job, plan.space
+    resources = {"cpu": job.resources.cpus_per_trial, "gpu": job.resources.gpus_per_trial}
+    trainable = tune.with_resources(run_trial, resources)
+    if resume:
+        return tune.Tuner.restore(str(plan.run_dir), trainable, resume_unfinished=True, resume_errored=False)
+    searcher = tune.search.optuna.OptunaSearch(
+        space=space.suggest,
+        metric=job.objective,
+        mode=job.mode,
+        points_to_evaluate=[space.params_of(parse_candidate(p)) for p in job.searcher.points_to_evaluate] or None,
+        sampler=_tpe_sampler(job.searcher.seed),
+    )
+    scheduler = None
+    if job.scheduler.enabled:
+        scheduler = tune.schedulers.ASHAScheduler(
+            time_attr="epoch",
+            max_t=job.trial.epochs,
+            grace_period=min(job.scheduler.grace_period, job.trial.epochs),
+            reduction_factor=job.scheduler.reduction_factor,
+        )
+    return tune.Tuner(
+        trainable,
+        param_space={"job": job.model_dump(mode="json"), "teacher_checkpoint": str(teacher_path)},
+        tune_config=tune.TuneConfig(
+            metric=job.objective,
+            mode=job.mode,
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=job.searcher.num_samples,
+            max_concurrent_trials=job.max_concurrent_trials,
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=plan.name,
+            storage_path=str(plan.storage),
+            callbacks=[callback],
+            failure_config=tune.FailureConfig(max_failures=job.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            verbose=0,
+        ),
+    )
+
+
+def _tpe_sampler(seed: int):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def write_winner(plan: SearchPlan, trials: pd.DataFrame, teacher_path: Path) -> Path | None:
+    """Write ``RUN_DIR/winner.yaml`` (the job with ``candidate`` = the best completed or pruned trial and
+    ``teacher.checkpoint`` = the teacher used), or return None when no trial qualifies."""
+    best = best_trial(trials, plan.job.objective, plan.job.mode)
+    if best is None:
+        return None
+    winner = plan.job.model_copy(
+        update={
+            "candidate": best["candidate"],
+            "teacher": plan.job.teacher.model_copy(update={"checkpoint": str(teacher_path)}),
+            "storage": str(plan.storage),
+        }
+    )
+    path = plan.run_dir / WINNER_FILE
+    tmp = path.with_name(f".{WINNER_FILE}.{os.getpid()}.tmp")
+    tmp.write_text(
+        f"# Winner of search {plan.name!r}: trial {best['trial_id']} ({best['status']}, {best['epochs']} epochs), "
+        f"{plan.job.objective}={best[f'{plan.job.objective}_best']:.6g}.\n"
+        f"# Train it with: daq-search train {path}\n" + job_to_yaml(winner)
+    )
+    os.replace(tmp, path)
+    return path
+
+
+def run_search(
+    job_path: str | Path,
+    *,
+    address: str | None = None,
+    storage: str | None = None,
+    name: str | None = None,
+    resume: bool = False,
+    log: Callable[[str], None] = print,
+    summary_every_s: float = SUMMARY_EVERY_S,
+) -> SearchOutcome:
+    """Run (or with ``resume`` continue) the search a job file describes; see the module docstring.
+
+    Everything is validated before Ray starts (DaqSearchError). Without ``address`` an embedded loopback Ray runs on
+    this machine; with it, the search runs on that cluster (``storage`` must then be shared by all nodes). Trials
+    that raise are recorded as failed and the search goes on. Returns the outcome; ``finished`` is False when the
+    run was interrupted (Ctrl-C), in which case it can be continued with ``resume=True``.
+    """
+    plan = plan_search(job_path, storage=storage, name=name)
+    run_dir = plan.run_dir
+    _quiet_ray()
+    teacher, teacher_path = get_teacher(
+        plan.job.data, plan.job.teacher, plan.bundle, cache_dir=plan.storage / "teachers", log=log
+    )
+    del teacher
+    table = TrialTable(
+        run_dir,
+        max_epochs=plan.job.trial.epochs,
+        knob_types=knob_types(plan.space),
+        objective=plan.job.objective,
+        mode=plan.job.mode,
+    )
+    callback = SearchCallback(table, plan.space, log=log, summary_every_s=summary_every_s)
+    with ray_session(address):
+        restorable = tune.Tuner.can_restore(str(run_dir))
+        if restorable and not resume:
+            raise DaqSearchError(
+                f"{run_dir}: a search already ran here; continue it with --resume, or choose another --name"
+            )
+        if resume and not restorable:
+            log(f"resume: nothing to resume in {run_dir}; starting the search")
+        log(
+            f"search {plan.name}: {plan.job.searcher.num_samples} trials of {plan.job.trial.epochs} epochs, "
+            f"objective {plan.job.objective} ({plan.job.mode}), results in {run_dir}"
+        )
+        tuner = _build_tuner(plan, teacher_path, callback, resume and restorable)
+        tuner.fit()
+    table = TrialTable(
+        run_dir, max_epochs=plan.job.trial.epochs, knob_types={}, objective=plan.job.objective, mode=plan.job.mode
+    )
+    table.load()
+    trials = table.frame()
+    finished = len(trials) >= plan.job.searcher.num_samples and not (trials["status"] == "running").any()
+    winner = write_winner(plan, trials, teacher_path) if finished else None
+    return SearchOutcome(run_dir, trials, winner, finished)
+
+
+def top_table(trials: pd.DataFrame, objective: str, mode: str, top: int = TOP_SHOWN) -> str:
+    """The ``top`` best trials (see :func:`daq_search.results.rank_trials`) as an aligned text table."""
+    ranked = rank_trials(trials, objective, mode).head(top)
+    columns = ["trial_id", "candidate", "status", "epochs", f"{objective}_best", "val_acc_best"]
+    return format_table(ranked[list(dict.fromkeys(columns))], "table")
+
+
+# --- teacher-only ranking ---------------------------------------------------------------------------------------
+
+SCORE_COLUMNS = ("candidate", "score", "score_ce", "cmi", "align", "sample_ce", "t_stddev")
+
+
+def score_space(
+    job_path: str | Path,
+    *,
+    space_path: str | None = None,
+    storage: str | None = None,
+    log: Callable[[str], None] = print,
+) -> tuple[pd.DataFrame, Path]:
+    """Rank every candidate of a space by the teacher alone (no Ray, no student): the teacher's DA score terms on
+    the augmented scoring subset and T-stddev. The space defaults to the job's; the teacher is trained once and
+    cached as in a search. Rows are sorted by the job's objective when it is a teacher metric, else by teacher
+    ``score``; they are also written to ``RUN_DIR/teacher_scores.parquet``. Returns (table, parquet path)."""
+    from .augment import load_search_space
+
+    plan = plan_search(job_path, storage=storage)
+    space = load_search_space(space_path) if space_path is not None else plan.space
+    job, bundle = plan.job, plan.bundle
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    teacher, _ = get_teacher(job.data, job.teacher, bundle, cache_dir=plan.storage / "teachers", log=log)
+    subset = scoring_subset(bundle, job.scorer.subset, job.data.seed)
+    rows = []
+    for candidate in space.candidates():
+        metrics = teacher_metrics(teacher, subset, candidate, bundle, job)
+        rows.append({"candidate": candidate.id, **{k.removeprefix("teacher_"): v for k, v in metrics.items()}})
+        log(f"scored {candidate.id}: score={metrics['teacher_score']:.4f} t_stddev={metrics['t_stddev']:.5f}")
+    table = pd.DataFrame(rows, columns=list(SCORE_COLUMNS))
+    sort_by, mode = "score", "min"
+    if job.objective.startswith("teacher_") or job.objective == "t_stddev":
+        sort_by, mode = job.objective.removeprefix("teacher_"), METRIC_MODES[job.objective]
+    table = table.sort_values(sort_by, ascending=mode == "min", kind="stable").reset_index(drop=True)
+    path = plan.run_dir / TEACHER_SCORES_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{TEACHER_SCORES_FILE}.{os.getpid()}.tmp")
+    table.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+    return table, path
+
+
+assert set(METRIC_MODES) <= set(REPORTED_METRICS), "every search metric must be reported by the trials"

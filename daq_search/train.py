@@ -1,0 +1,546 @@
+"""The final distributed QAT+KD training of a search's winner with Ray Train (DDP), and its deployable artifact.
+
+``run_final(RUN_DIR/winner.yaml)`` trains the fake-quantized student for ``final.recipe.epochs`` on
+``final.workers`` Ray Train workers (gloo on CPU, NCCL on GPU) under the winning augmentation, distilling from the
+teacher in ``teacher.checkpoint``. Every worker builds the same calibrated student, then DDP keeps the replicas
+equal; each worker trains on its own ``DistributedSampler`` shard with a per-worker batch of
+``final.recipe.batch_size // workers`` (the recipe's batch size is the global one).
+
+Outputs, all under ``RUN_DIR/final/``:
+
+- ``metrics.json``: test top-1 (fraction in [0, 1]) and cross-entropy (nats) of the fake-quantized student and of
+  the full-precision teacher, the candidate, bits, epochs, workers, wall seconds, and under ``baseline`` the same
+  student trained with the baseline augmentation plus ``difference_pp`` = (winner - baseline) test top-1 in
+  percentage points.
+- ``epochs.parquet``: one row per epoch and run (``run`` is ``<name>`` or ``<name>-baseline``).
+- ``student_int.pt``: ``{"arch": {...}, "state": export_int_state(student)}``; :func:`load_int_artifact` rebuilds it.
+- ``ray/<name>/`` and ``ray/<name>-baseline/``: Ray Train's run folders with a checkpoint per epoch (the last two
+  kept). Re-running the same command with the same name continues from the last checkpoint; a different number of
+  epochs extends (or ends) the cosine schedule at the step reached.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data.distributed import DistributedSampler
+
+from .augment import build_batch_mix, parse_candidate
+from .config import JobSpec, load_job
+from .data import DataBundle, load_data
+from .errors import DaqSearchError
+from .kd import (
+    build_student,
+    eval_loader,
+    evaluate,
+    load_state,
+    load_teacher,
+    make_optimizer,
+    make_scheduler,
+    run_epoch,
+    save_checkpoint,
+    train_loader,
+)
+from .models import create_model
+from .quant import export_int_state, load_int_state, quantize
+from .runtime import ray_session
+
+USE_SPEC = object()
+"""Default of ``run_final(baseline=...)``: take the baseline from the spec's ``final.baseline``."""
+
+WINNER_FILE = "winner.yaml"
+STATE_FILE = "state.pt"
+ARTIFACT_FILE = "student_int.pt"
+CHECKPOINTS_KEPT = 2
+EVAL_BATCH_SIZE = 512
+EPOCH_COLUMNS = ("run", "epoch", "train_loss", "val_acc", "val_loss", "images_per_s", "lr", "candidate")
+_STATE_KEYS = ("model", "optimizer", "scheduler", "epoch", "epochs", "candidate", "history")
+
+
+def resolve_winner_file(spec_path: str | Path) -> Path:
+    """The winner file ``spec_path`` names: the file itself, or ``RUN_DIR/winner.yaml`` for a folder."""
+    path = Path(spec_path).expanduser()
+    if path.is_dir():
+        path = path / WINNER_FILE
+    if not path.is_file():
+        raise DaqSearchError(f"{path}: no such winner file (a search writes RUN_DIR/{WINNER_FILE})")
+    return path
+
+
+def load_winner(path: Path) -> JobSpec:
+    """The validated winner spec at ``path``: a job with ``candidate`` and ``teacher.checkpoint`` set."""
+    job = load_job(path)
+    try:
+        job.winner_candidate()
+    except DaqSearchError as err:
+        raise DaqSearchError(f"{path}: {err}") from None
+    if job.teacher.checkpoint is None:
+        raise DaqSearchError(
+            f"{path}: teacher.checkpoint: not set; the final training distils from a trained teacher "
+            "(a search writes its path into winner.yaml)"
+        )
+    return job
+
+
+def _baseline_id(baseline: Any, job: JobSpec) -> str | None:
+    """The baseline candidate's canonical id (``USE_SPEC`` takes ``final.baseline``), or None for no baseline."""
+    if baseline is USE_SPEC:
+        return job.final.baseline
+    if baseline is None:
+        return None
+    try:
+        return parse_candidate(baseline).id
+    except DaqSearchError as err:
+        raise DaqSearchError(f"baseline: {err}") from None
+
+
+def _check_count(field: str, value: int | None) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise DaqSearchError(f"{field}: {value!r} is not allowed; allowed: an integer >= 1")
+
+
+def run_final(
+    spec_path: str,
+    *,
+    workers: int | None = None,
+    use_gpu: bool | None = None,
+    epochs: int | None = None,
+    address: str | None = None,
+    name: str | None = None,
+    baseline: str | None | object = USE_SPEC,
+    storage: str | None = None,
+    log=print,
+) -> dict:
+    """Train the winner of ``spec_path`` (a winner.yaml or its RUN_DIR) to the end; returns ``metrics.json``'s dict.
+
+    ``workers``, ``use_gpu`` and ``epochs`` override ``final.workers``, ``final.use_gpu`` and
+    ``final.recipe.epochs``; ``address`` runs on an existing Ray cluster; ``name`` (default ``final``) names the
+    Ray Train run, so re-running with the same name resumes it; ``baseline`` overrides ``final.baseline`` (None: no
+    baseline); ``storage`` overrides Ray Train's storage path ``RUN_DIR/final/ray`` (give shared storage or a cloud
+    URI on a multi-node cluster). ``log`` receives the driver's progress lines; the per-epoch lines come from the
+    rank-0 worker's output.
+    """
+    start = time.perf_counter()
+    path = resolve_winner_file(spec_path)
+    job = load_winner(path)
+    candidate = job.winner_candidate().id
+    baseline_id = _baseline_id(baseline, job)
+    _check_count("workers", workers)
+    _check_count("epochs", epochs)
+    workers = workers or job.final.workers
+    use_gpu = job.final.use_gpu if use_gpu is None else bool(use_gpu)
+    epochs = epochs or job.final.recipe.epochs
+    name = name or "final"
+    if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise DaqSearchError(f"name: {name!r} is not allowed; allowed: letters, digits, '.', '_' and '-'")
+    if address is None and use_gpu and torch.cuda.device_count() < workers:
+        raise DaqSearchError(
+            f"workers: {workers} GPU workers need {workers} GPUs, this machine has {torch.cuda.device_count()}; "
+            "lower --workers, or pass --address of a cluster"
+        )
+    final_dir = path.resolve().parent / "final"
+    final_dir.mkdir(parents=True, exist_ok=True)
+    storage = storage or str(final_dir / "ray")
+    runs = [(name, candidate)]
+    if baseline_id == candidate:
+        log(f"baseline {baseline_id} is the winner itself: no baseline run")
+    elif baseline_id is not None:
+        runs.append((f"{name}-baseline", baseline_id))
+
+    outcomes = {}
+    num_cpus = max(os.cpu_count() or 1, workers) if address is None else None
+    with ray_session(address, num_cpus=num_cpus):
+        for run_name, run_candidate in runs:
+            log(f"{run_name}: training {run_candidate} for {epochs} epochs on {workers} worker(s)")
+            run_start = time.perf_counter()
+            outcome, checkpoint = _fit(job, run_candidate, epochs, workers, use_gpu, storage, run_name)
+            outcome["wall_s"] = time.perf_counter() - run_start
+            outcomes[run_name] = outcome
+            if run_name == name:
+                with checkpoint.as_directory() as folder:
+                    shutil.copyfile(Path(folder) / ARTIFACT_FILE, final_dir / ARTIFACT_FILE)
+
+    metrics = _summarise(job, name, candidate, baseline_id, outcomes, epochs, workers, use_gpu, storage)
+    metrics["wall_s"] = time.perf_counter() - start
+    rows = [dict(row, run=run_name) for run_name, outcome in outcomes.items() for row in outcome["history"]]
+    pd.DataFrame(rows, columns=list(EPOCH_COLUMNS)).to_parquet(final_dir / "epochs.parquet", index=False)
+    tmp = final_dir / ".metrics.json.tmp"
+    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+    os.replace(tmp, final_dir / "metrics.json")
+    for line in _summary_lines(metrics):
+        log(line)
+    log(f"final: wrote {final_dir / 'metrics.json'}, epochs.parquet and {ARTIFACT_FILE}")
+    return metrics
+
+
+def _fit(
+    job: JobSpec, candidate: str, epochs: int, workers: int, use_gpu: bool, storage: str, run_name: str
+) -> tuple[dict, Any]:
+    """One Ray Train run; returns the rank-0 worker's return value and the last checkpoint."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    trainer = TorchTrainer(
+        train_fn_per_worker,
+        train_loop_config={"job": job.model_copy(update={"candidate": candidate}), "epochs": epochs},
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
+        run_config=RunConfig(
+            storage_path=storage,
+            name=run_name,
+            checkpoint_config=CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
+            failure_config=FailureConfig(max_failures=0),
+        ),
+    )
+    try:
+        result = trainer.fit()
+    except Exception as err:
+        user_error = _find_user_error(err)
+        if user_error is not None:
+            raise DaqSearchError(f"{run_name}: {user_error}") from None
+        raise
+    return result.return_value, result.checkpoint
+
+
+def _find_user_error(err: BaseException) -> DaqSearchError | None:
+    """The first DaqSearchError a worker raised, looked up inside Ray Train's failure wrappers (or None)."""
+    seen: set[int] = set()
+    pending: list[BaseException] = [err]
+    while pending:
+        current = pending.pop(0)
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, DaqSearchError):
+            return current
+        pending.extend(getattr(current, "worker_failures", {}).values())
+        pending.extend(e for e in (current.__cause__, current.__context__, getattr(current, "cause", None)) if e)
+    return None
+
+
+def _summarise(
+    job: JobSpec,
+    name: str,
+    candidate: str,
+    baseline_id: str | None,
+    outcomes: dict,
+    epochs: int,
+    workers: int,
+    use_gpu: bool,
+    storage: str,
+) -> dict:
+    """The metrics.json dict of the winner run and, when run, its baseline."""
+    winner = outcomes[name]
+    metrics = {
+        "name": name,
+        "candidate": candidate,
+        "model": job.student.model,
+        "width": job.student.width,
+        "quant": job.quant.model_dump(),
+        "epochs": winner["epochs_done"],
+        "workers": workers,
+        "use_gpu": use_gpu,
+        "batch_size": job.final.recipe.batch_size,
+        "student_test_acc": winner["test_acc"],
+        "student_test_loss": winner["test_loss"],
+        "teacher_test_acc": winner["teacher_test_acc"],
+        "teacher_test_loss": winner["teacher_test_loss"],
+        "val_acc": winner["history"][-1]["val_acc"] if winner["history"] else None,
+        "resumed_from_epoch": winner["resumed_from_epoch"],
+        "replica_checksums": winner["replica_checksums"],
+        "train_wall_s": winner["wall_s"],
+        "artifact": ARTIFACT_FILE,
+        "ray_storage": storage,
+        "baseline": None,
+        "difference_pp": None,
+    }
+    if baseline_id == candidate:
+        metrics["baseline"] = {"candidate": baseline_id, "skipped": "same as the winner"}
+    elif baseline_id is not None:
+        other = outcomes[f"{name}-baseline"]
+        metrics["baseline"] = {
+            "candidate": baseline_id,
+            "student_test_acc": other["test_acc"],
+            "student_test_loss": other["test_loss"],
+            "val_acc": other["history"][-1]["val_acc"] if other["history"] else None,
+            "epochs": other["epochs_done"],
+            "resumed_from_epoch": other["resumed_from_epoch"],
+            "train_wall_s": other["wall_s"],
+        }
+        metrics["difference_pp"] = 100.0 * (winner["test_acc"] - other["test_acc"])
+    return metrics
+
+
+def _summary_lines(metrics: dict) -> list[str]:
+    """The printed summary: student and teacher test accuracy, and the baseline comparison."""
+    q = metrics["quant"]
+    lines = [
+        f"final: {metrics['model']} W{q['wbits']}A{q['abits']} ({q['method']}) with {metrics['candidate']}, "
+        f"{metrics['epochs']} epochs: test acc {100 * metrics['student_test_acc']:.2f} % "
+        f"(loss {metrics['student_test_loss']:.4f}); FP teacher {100 * metrics['teacher_test_acc']:.2f} %"
+    ]
+    baseline = metrics["baseline"]
+    if baseline is not None and "skipped" not in baseline:
+        lines.append(
+            f"baseline {baseline['candidate']}: test acc {100 * baseline['student_test_acc']:.2f} %; "
+            f"winner - baseline = {metrics['difference_pp']:+.2f} pp"
+        )
+    return lines
+
+
+# --- inside a Ray Train worker -------------------------------------------------------------------------------
+
+
+def train_fn_per_worker(config: dict) -> dict:
+    """One DDP worker of the final training; rank 0 evaluates, checkpoints every epoch and returns the summary.
+
+    ``config``: ``{"job": JobSpec with candidate set, "epochs": total epochs}``. Returns (on every rank; Ray keeps
+    rank 0's) ``{"history": [epoch rows], "epochs_done", "resumed_from_epoch", "replica_checksums", "test_acc",
+    "test_loss", "teacher_test_acc", "teacher_test_loss"}``.
+    """
+    import ray.train
+    import ray.train.torch
+
+    job: JobSpec = config["job"]
+    epochs: int = config["epochs"]
+    candidate = parse_candidate(job.candidate)
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    run_name = context.get_experiment_name()
+    device = ray.train.torch.get_device()
+    seed = job.teacher.seed
+
+    bundle = load_data(job.data.spec())
+    teacher = load_teacher(job.teacher.checkpoint, job.teacher, bundle)
+    student = build_student(job.student, job.quant, bundle, teacher, seed)
+    teacher.to(device)
+    recipe = job.final.recipe.model_copy(update={"epochs": epochs})
+    batch_size = max(1, recipe.batch_size // world)
+    sampler = DistributedSampler(bundle.train, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+    loader = train_loader(bundle.train, candidate, bundle, batch_size, seed, sampler=sampler)
+    if len(loader) == 0:
+        raise DaqSearchError(
+            f"final.recipe.batch_size: {recipe.batch_size} leaves no full batch of {batch_size} in a worker's "
+            f"share of {len(sampler)} training images; lower it or use fewer workers"
+        )
+    saved = _load_saved_state(ray.train.get_checkpoint(), job.candidate, run_name)
+    if saved is not None:
+        _load_model_state(student, saved["model"], run_name)
+    model = ray.train.torch.prepare_model(student)
+    optimizer = make_optimizer(student.parameters(), recipe)
+    scheduler = make_scheduler(optimizer, recipe, len(loader))
+    start_epoch, history = 0, []
+    if saved is not None:
+        optimizer.load_state_dict(saved["optimizer"])
+        _resume_schedule(scheduler, optimizer, saved["scheduler"], saved["epoch"] * len(loader))
+        start_epoch, history = saved["epoch"], list(saved["history"])
+    mix = build_batch_mix(candidate, bundle.num_classes)
+    val = eval_loader(bundle.val, bundle, EVAL_BATCH_SIZE)
+
+    for epoch in range(start_epoch + 1, epochs + 1):
+        sampler.set_epoch(epoch)
+        torch.manual_seed(seed * 1_000_000 + epoch * 1_000 + rank)
+        lr = optimizer.param_groups[0]["lr"]
+        stats = run_epoch(model, loader, optimizer, mix=mix, teacher=teacher, kd=job.kd, scheduler=scheduler, device=device)
+        loss, images_per_s = _aggregate(stats.loss, stats.images, stats.seconds, device)
+        val_acc, val_loss = evaluate(student, val, device) if rank == 0 else (math.nan, math.nan)
+        row = {
+            "epoch": epoch,
+            "train_loss": loss,
+            "val_acc": val_acc,
+            "val_loss": val_loss,
+            "images_per_s": images_per_s,
+            "lr": lr,
+            "candidate": job.candidate,
+        }
+        history.append(row)
+        if rank == 0:
+            print(
+                f"{run_name} epoch {epoch}/{epochs}: loss {loss:.4f}, val acc {val_acc:.4f}, "
+                f"{images_per_s:.0f} img/s over {world} worker(s)",
+                flush=True,
+            )
+        state = {
+            "model": student.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "epoch": epoch,
+            "epochs": epochs,
+            "candidate": job.candidate,
+            "history": history,
+        }
+        if epoch < epochs:
+            _report(row, state, None, rank)
+            continue
+        summary = _final_summary(job, bundle, student, teacher, device, rank)
+        _report(dict(row, **summary), state, _artifact(job, bundle, student), rank)
+
+    if start_epoch >= epochs:
+        summary = _final_summary(job, bundle, student, teacher, device, rank)
+        _report(dict(history[-1], **summary), saved, _artifact(job, bundle, student), rank)
+    return {
+        "history": history,
+        "epochs_done": max(start_epoch, epochs),
+        "resumed_from_epoch": start_epoch,
+        "replica_checksums": _gather(_parameter_checksum(student), device, world),
+        **summary,
+    }
+
+
+def _load_saved_state(checkpoint, candidate: str, run_name: str) -> dict | None:
+    """The training state in Ray Train's latest checkpoint of this run, or None for a fresh run."""
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        path = Path(folder) / STATE_FILE
+        state = load_state(path, f"checkpoint of run {run_name!r}")
+    missing = [key for key in _STATE_KEYS if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise DaqSearchError(
+            f"checkpoint of run {run_name!r}: {checkpoint.path} lacks {', '.join(missing)}; "
+            "start over with another --name"
+        )
+    if state["candidate"] != candidate:
+        raise DaqSearchError(
+            f"checkpoint of run {run_name!r}: it trains {state['candidate']}, this run {candidate}; "
+            "use another --name for a different candidate"
+        )
+    return state
+
+
+def _load_model_state(student: nn.Module, state: dict, run_name: str) -> None:
+    """Load a checkpoint's student state (weights, BN statistics, quantizer steps) into ``student``."""
+    try:
+        student.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError) as err:
+        reason = str(err).splitlines()[0]
+        raise DaqSearchError(
+            f"checkpoint of run {run_name!r}: does not fit the spec's student ({reason}); start over with another --name"
+        ) from None
+
+
+def _resume_schedule(scheduler, optimizer: torch.optim.Optimizer, saved: dict, step: int) -> None:
+    """Load a saved schedule and re-anchor it at ``step`` of this run's schedule (its length may differ)."""
+    total = getattr(scheduler, "T_max", None)
+    scheduler.load_state_dict(saved)
+    if total is None:
+        return
+    scheduler.T_max, scheduler.last_epoch = total, step
+    for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
+        cosine = (1 + math.cos(math.pi * min(step, total) / total)) / 2
+        group["lr"] = scheduler.eta_min + (base_lr - scheduler.eta_min) * cosine
+
+
+def _all_reduce(values: list[float], device: torch.device, op: str) -> list[float]:
+    """``values`` reduced over all workers with ``op`` (``sum`` or ``max``); unchanged without a process group."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+    return tensor.tolist()
+
+
+def _aggregate(loss: float, images: int, seconds: float, device: torch.device) -> tuple[float, float]:
+    """Mean loss per image over all workers, and the aggregate throughput (all images / slowest worker's time)."""
+    weighted_loss, total_images = _all_reduce([loss * images, float(images)], device, "sum")
+    (slowest,) = _all_reduce([seconds], device, "max")
+    return weighted_loss / max(total_images, 1.0), total_images / max(slowest, 1e-9)
+
+
+def _parameter_checksum(model: nn.Module) -> float:
+    """``sum(p) + sum(p^2)`` over every parameter in float64: equal on every rank iff DDP kept the replicas equal."""
+    with torch.no_grad():
+        return float(sum(p.double().sum() + p.double().pow(2).sum() for p in model.parameters()))
+
+
+def _gather(value: float, device: torch.device, world: int) -> list[float]:
+    """``value`` of every rank, in rank order."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return [value]
+    parts = [torch.zeros(1, dtype=torch.float64, device=device) for _ in range(world)]
+    dist.all_gather(parts, torch.tensor([value], dtype=torch.float64, device=device))
+    return [part.item() for part in parts]
+
+
+def _final_summary(
+    job: JobSpec, bundle: DataBundle, student: nn.Module, teacher: nn.Module, device: torch.device, rank: int
+) -> dict:
+    """Test top-1 and loss of the student and the teacher (evaluated on rank 0; NaN elsewhere)."""
+    if rank != 0:
+        return {"test_acc": math.nan, "test_loss": math.nan, "teacher_test_acc": math.nan, "teacher_test_loss": math.nan}
+    test = eval_loader(bundle.test, bundle, EVAL_BATCH_SIZE)
+    test_acc, test_loss = evaluate(student, test, device)
+    teacher_acc, teacher_loss = evaluate(teacher, test, device)
+    return {"test_acc": test_acc, "test_loss": test_loss, "teacher_test_acc": teacher_acc, "teacher_test_loss": teacher_loss}
+
+
+def _artifact(job: JobSpec, bundle: DataBundle, student: nn.Module) -> dict:
+    """The deployable integer artifact of ``student``: its architecture and ``export_int_state``."""
+    arch = {
+        "model": job.student.model,
+        "width": job.student.width,
+        "num_classes": bundle.num_classes,
+        "in_channels": bundle.in_channels,
+        "image_size": bundle.image_size,
+        "method": job.quant.method,
+        "wbits": job.quant.wbits,
+        "abits": job.quant.abits,
+        "first_last_bits": job.quant.first_last_bits,
+    }
+    return {"arch": arch, "state": export_int_state(student)}
+
+
+def _report(metrics: dict, state: dict, artifact: dict | None, rank: int) -> None:
+    """``ray.train.report`` on every rank; rank 0 attaches a checkpoint of ``state`` (and the artifact, if any)."""
+    import ray.train
+
+    if rank != 0:
+        ray.train.report(metrics, checkpoint=None)
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        save_checkpoint(Path(folder) / STATE_FILE, state)
+        if artifact is not None:
+            save_checkpoint(Path(folder) / ARTIFACT_FILE, artifact)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+
+# --- the deployable artifact ---------------------------------------------------------------------------------
+
+
+def load_int_artifact(path: str | Path) -> nn.Module:
+    """The student of a ``student_int.pt`` artifact, in eval mode: the architecture rebuilt with ``create_model``
+    and ``quantize``, then ``load_int_state``; it computes what the trained fake-quantized student computed."""
+    path = Path(path)
+    payload = load_state(path, "artifact")
+    if not isinstance(payload, dict) or not isinstance(payload.get("arch"), dict) or "state" not in payload:
+        raise DaqSearchError(f"artifact: {path} is not a daq-search integer artifact (needs 'arch' and 'state')")
+    arch = payload["arch"]
+    try:
+        model = create_model(
+            arch["model"],
+            num_classes=arch["num_classes"],
+            in_channels=arch["in_channels"],
+            image_size=arch["image_size"],
+            width=arch["width"],
+        )
+        model = quantize(model, arch["wbits"], arch["abits"], method=arch["method"], first_last_bits=arch["first_last_bits"])
+        load_int_state(model, payload["state"])
+    except KeyError as err:
+        raise DaqSearchError(f"artifact: {path}: 'arch' lacks {err}") from None
+    except DaqSearchError as err:
+        raise DaqSearchError(f"artifact: {path}: {err}") from None
+    return model.eval()
