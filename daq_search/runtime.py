@@ -17,8 +17,10 @@ RAY_QUIET_ENV = {
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
     "RAY_AIR_NEW_OUTPUT": "0",
     "PYTHONWARNINGS": "ignore::DeprecationWarning",
+    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "300",
 }
-"""Environment set before Ray starts (inherited by its workers): no usage stats, no extra loggers or noise."""
+"""Environment set before Ray starts (inherited by its workers): no usage stats, no extra loggers or noise, and a
+worker-group start timeout long enough for a busy 2-core machine (Ray's default is 60 s)."""
 
 
 def local_temp_dir() -> Path:

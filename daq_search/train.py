@@ -6,25 +6,28 @@ teacher in ``teacher.checkpoint``. Every worker builds the same calibrated stude
 equal; each worker trains on its own ``DistributedSampler`` shard with a per-worker batch of
 ``final.recipe.batch_size // workers`` (the recipe's batch size is the global one).
 
-Outputs, all under ``RUN_DIR/final/``:
+Outputs, all under ``RUN_DIR/final/`` (``RUN_DIR/final/<name>/`` for a ``name`` other than ``final``):
 
 - ``metrics.json``: test top-1 (fraction in [0, 1]) and cross-entropy (nats) of the fake-quantized student and of
   the full-precision teacher, the candidate, bits, epochs, workers, wall seconds, and under ``baseline`` the same
   student trained with the baseline augmentation plus ``difference_pp`` = (winner - baseline) test top-1 in
   percentage points.
-- ``epochs.parquet``: one row per epoch and run (``run`` is ``<name>`` or ``<name>-baseline``).
+- ``epochs.parquet``: one row per epoch and run (``run`` is ``<name>`` or ``<name>-baseline``): mean train loss
+  per image over all workers, val top-1 and loss, aggregate images/s, and the learning rate at the epoch's start.
 - ``student_int.pt``: ``{"arch": {...}, "state": export_int_state(student)}``; :func:`load_int_artifact` rebuilds it.
-- ``ray/<name>/`` and ``ray/<name>-baseline/``: Ray Train's run folders with a checkpoint per epoch (the last two
-  kept). Re-running the same command with the same name continues from the last checkpoint; a different number of
-  epochs extends (or ends) the cosine schedule at the step reached.
+- ``RUN_DIR/final/ray/<name>/`` and ``RUN_DIR/final/ray/<name>-baseline/``: Ray Train's run folders, with a
+  checkpoint per epoch (the last two kept). Re-running the same command with the same name continues each run from
+  its last checkpoint; a different number of epochs extends (or ends) the cosine schedule at the step reached.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -141,21 +144,18 @@ def run_final(
     use_gpu = job.final.use_gpu if use_gpu is None else bool(use_gpu)
     epochs = epochs or job.final.recipe.epochs
     name = name or "final"
-    if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-        raise DaqSearchError(f"name: {name!r} is not allowed; allowed: letters, digits, '.', '_' and '-'")
+    if not name.replace("-", "").replace("_", "").replace(".", "").isalnum() or name == "ray":
+        raise DaqSearchError(f"name: {name!r} is not allowed; allowed: letters, digits, '.', '_' and '-' (not 'ray')")
     if address is None and use_gpu and torch.cuda.device_count() < workers:
         raise DaqSearchError(
             f"workers: {workers} GPU workers need {workers} GPUs, this machine has {torch.cuda.device_count()}; "
             "lower --workers, or pass --address of a cluster"
         )
     final_dir = path.resolve().parent / "final"
-    final_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = final_dir if name == "final" else final_dir / name
+    out_dir.mkdir(parents=True, exist_ok=True)
     storage = storage or str(final_dir / "ray")
-    runs = [(name, candidate)]
-    if baseline_id == candidate:
-        log(f"baseline {baseline_id} is the winner itself: no baseline run")
-    elif baseline_id is not None:
-        runs.append((f"{name}-baseline", baseline_id))
+    runs = _planned_runs(name, candidate, baseline_id, log)
 
     outcomes = {}
     num_cpus = max(os.cpu_count() or 1, workers) if address is None else None
@@ -168,19 +168,28 @@ def run_final(
             outcomes[run_name] = outcome
             if run_name == name:
                 with checkpoint.as_directory() as folder:
-                    shutil.copyfile(Path(folder) / ARTIFACT_FILE, final_dir / ARTIFACT_FILE)
+                    shutil.copyfile(Path(folder) / ARTIFACT_FILE, out_dir / ARTIFACT_FILE)
 
     metrics = _summarise(job, name, candidate, baseline_id, outcomes, epochs, workers, use_gpu, storage)
     metrics["wall_s"] = time.perf_counter() - start
     rows = [dict(row, run=run_name) for run_name, outcome in outcomes.items() for row in outcome["history"]]
-    pd.DataFrame(rows, columns=list(EPOCH_COLUMNS)).to_parquet(final_dir / "epochs.parquet", index=False)
-    tmp = final_dir / ".metrics.json.tmp"
+    pd.DataFrame(rows, columns=list(EPOCH_COLUMNS)).to_parquet(out_dir / "epochs.parquet", index=False)
+    tmp = out_dir / ".metrics.json.tmp"
     tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    os.replace(tmp, final_dir / "metrics.json")
+    os.replace(tmp, out_dir / "metrics.json")
     for line in _summary_lines(metrics):
         log(line)
-    log(f"final: wrote {final_dir / 'metrics.json'}, epochs.parquet and {ARTIFACT_FILE}")
+    log(f"{name}: wrote {out_dir / 'metrics.json'}, epochs.parquet and {ARTIFACT_FILE}")
     return metrics
+
+
+def _planned_runs(name: str, candidate: str, baseline_id: str | None, log) -> list[tuple[str, str]]:
+    """``(Ray run name, candidate id)`` of the winner run and, unless absent or the winner itself, the baseline."""
+    if baseline_id == candidate:
+        log(f"baseline {baseline_id} is the winner itself: no baseline run")
+    if baseline_id is None or baseline_id == candidate:
+        return [(name, candidate)]
+    return [(name, candidate), (f"{name}-baseline", baseline_id)]
 
 
 def _fit(
@@ -207,25 +216,15 @@ def _fit(
     except Exception as err:
         user_error = _find_user_error(err)
         if user_error is not None:
-            raise DaqSearchError(f"{run_name}: {user_error}") from None
+            raise DaqSearchError(str(user_error)) from None
         raise
     return result.return_value, result.checkpoint
 
 
 def _find_user_error(err: BaseException) -> DaqSearchError | None:
-    """The first DaqSearchError a worker raised, looked up inside Ray Train's failure wrappers (or None)."""
-    seen: set[int] = set()
-    pending: list[BaseException] = [err]
-    while pending:
-        current = pending.pop(0)
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, DaqSearchError):
-            return current
-        pending.extend(getattr(current, "worker_failures", {}).values())
-        pending.extend(e for e in (current.__cause__, current.__context__, getattr(current, "cause", None)) if e)
-    return None
+    """The DaqSearchError a worker raised (lowest rank first), from Ray Train's ``WorkerGroupError``, or None."""
+    failures = getattr(err, "worker_failures", None) or {}
+    return next((failures[rank] for rank in sorted(failures) if isinstance(failures[rank], DaqSearchError)), None)
 
 
 def _summarise(
@@ -285,7 +284,8 @@ def _summary_lines(metrics: dict) -> list[str]:
     """The printed summary: student and teacher test accuracy, and the baseline comparison."""
     q = metrics["quant"]
     lines = [
-        f"final: {metrics['model']} W{q['wbits']}A{q['abits']} ({q['method']}) with {metrics['candidate']}, "
+        f"{metrics['name']}: {metrics['model']} W{q['wbits']}A{q['abits']} ({q['method']}) "
+        f"with {metrics['candidate']}, "
         f"{metrics['epochs']} epochs: test acc {100 * metrics['student_test_acc']:.2f} % "
         f"(loss {metrics['student_test_loss']:.4f}); FP teacher {100 * metrics['teacher_test_acc']:.2f} %"
     ]
@@ -311,6 +311,7 @@ def train_fn_per_worker(config: dict) -> dict:
     import ray.train
     import ray.train.torch
 
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
     job: JobSpec = config["job"]
     epochs: int = config["epochs"]
     candidate = parse_candidate(job.candidate)
@@ -325,21 +326,14 @@ def train_fn_per_worker(config: dict) -> dict:
     student = build_student(job.student, job.quant, bundle, teacher, seed)
     teacher.to(device)
     recipe = job.final.recipe.model_copy(update={"epochs": epochs})
-    batch_size = max(1, recipe.batch_size // world)
-    sampler = DistributedSampler(bundle.train, num_replicas=world, rank=rank, shuffle=True, seed=seed)
-    loader = train_loader(bundle.train, candidate, bundle, batch_size, seed, sampler=sampler)
-    if len(loader) == 0:
-        raise DaqSearchError(
-            f"final.recipe.batch_size: {recipe.batch_size} leaves no full batch of {batch_size} in a worker's "
-            f"share of {len(sampler)} training images; lower it or use fewer workers"
-        )
+    sampler, loader = _shard_loader(bundle, candidate, recipe.batch_size, seed, rank, world)
     saved = _load_saved_state(ray.train.get_checkpoint(), job.candidate, run_name)
     if saved is not None:
         _load_model_state(student, saved["model"], run_name)
     model = ray.train.torch.prepare_model(student)
     optimizer = make_optimizer(student.parameters(), recipe)
     scheduler = make_scheduler(optimizer, recipe, len(loader))
-    start_epoch, history = 0, []
+    start_epoch, history, state = 0, [], saved
     if saved is not None:
         optimizer.load_state_dict(saved["optimizer"])
         _resume_schedule(scheduler, optimizer, saved["scheduler"], saved["epoch"] * len(loader))
@@ -351,25 +345,28 @@ def train_fn_per_worker(config: dict) -> dict:
         sampler.set_epoch(epoch)
         torch.manual_seed(seed * 1_000_000 + epoch * 1_000 + rank)
         lr = optimizer.param_groups[0]["lr"]
-        stats = run_epoch(model, loader, optimizer, mix=mix, teacher=teacher, kd=job.kd, scheduler=scheduler, device=device)
+        stats = run_epoch(
+            model, loader, optimizer, mix=mix, teacher=teacher, kd=job.kd, scheduler=scheduler, device=device
+        )
         loss, images_per_s = _aggregate(stats.loss, stats.images, stats.seconds, device)
         val_acc, val_loss = evaluate(student, val, device) if rank == 0 else (math.nan, math.nan)
-        row = {
-            "epoch": epoch,
-            "train_loss": loss,
-            "val_acc": val_acc,
-            "val_loss": val_loss,
-            "images_per_s": images_per_s,
-            "lr": lr,
-            "candidate": job.candidate,
-        }
-        history.append(row)
-        if rank == 0:
-            print(
+        history.append(
+            {
+                "epoch": epoch,
+                "train_loss": loss,
+                "val_acc": val_acc,
+                "val_loss": val_loss,
+                "images_per_s": images_per_s,
+                "lr": lr,
+                "candidate": job.candidate,
+            }
+        )
+        if rank == 0:  # sys.stdout.write, not print: Ray Train's patched print would show the line twice
+            sys.stdout.write(
                 f"{run_name} epoch {epoch}/{epochs}: loss {loss:.4f}, val acc {val_acc:.4f}, "
-                f"{images_per_s:.0f} img/s over {world} worker(s)",
-                flush=True,
+                f"{images_per_s:.0f} img/s over {world} worker(s)\n"
             )
+            sys.stdout.flush()
         state = {
             "model": student.state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -380,14 +377,10 @@ def train_fn_per_worker(config: dict) -> dict:
             "history": history,
         }
         if epoch < epochs:
-            _report(row, state, None, rank)
-            continue
-        summary = _final_summary(job, bundle, student, teacher, device, rank)
-        _report(dict(row, **summary), state, _artifact(job, bundle, student), rank)
+            _report(history[-1], state, None, rank)
 
-    if start_epoch >= epochs:
-        summary = _final_summary(job, bundle, student, teacher, device, rank)
-        _report(dict(history[-1], **summary), saved, _artifact(job, bundle, student), rank)
+    summary = _final_summary(bundle, student, teacher, device, rank)
+    _report(dict(history[-1], **summary), state, _artifact(job, bundle, student), rank)
     return {
         "history": history,
         "epochs_done": max(start_epoch, epochs),
@@ -395,6 +388,22 @@ def train_fn_per_worker(config: dict) -> dict:
         "replica_checksums": _gather(_parameter_checksum(student), device, world),
         **summary,
     }
+
+
+def _shard_loader(
+    bundle: DataBundle, candidate, global_batch_size: int, seed: int, rank: int, world: int
+) -> tuple[DistributedSampler, Any]:
+    """This worker's ``DistributedSampler`` over the training set and its augmented loader, whose batch is
+    ``global_batch_size // world`` images (at least 1); an error when that leaves the worker no full batch."""
+    batch_size = max(1, global_batch_size // world)
+    sampler = DistributedSampler(bundle.train, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+    loader = train_loader(bundle.train, candidate, bundle, batch_size, seed, sampler=sampler)
+    if len(loader) == 0:
+        raise DaqSearchError(
+            f"final.recipe.batch_size: {global_batch_size} leaves no full batch of {batch_size} in a worker's "
+            f"share of {len(sampler)} training images; lower it or use fewer workers"
+        )
+    return sampler, loader
 
 
 def _load_saved_state(checkpoint, candidate: str, run_name: str) -> dict | None:
@@ -425,7 +434,8 @@ def _load_model_state(student: nn.Module, state: dict, run_name: str) -> None:
     except (RuntimeError, KeyError, TypeError) as err:
         reason = str(err).splitlines()[0]
         raise DaqSearchError(
-            f"checkpoint of run {run_name!r}: does not fit the spec's student ({reason}); start over with another --name"
+            f"checkpoint of run {run_name!r}: does not fit the spec's student ({reason}); "
+            "start over with another --name"
         ) from None
 
 
@@ -476,16 +486,19 @@ def _gather(value: float, device: torch.device, world: int) -> list[float]:
     return [part.item() for part in parts]
 
 
-def _final_summary(
-    job: JobSpec, bundle: DataBundle, student: nn.Module, teacher: nn.Module, device: torch.device, rank: int
-) -> dict:
+def _final_summary(bundle: DataBundle, student: nn.Module, teacher: nn.Module, device: torch.device, rank: int) -> dict:
     """Test top-1 and loss of the student and the teacher (evaluated on rank 0; NaN elsewhere)."""
     if rank != 0:
-        return {"test_acc": math.nan, "test_loss": math.nan, "teacher_test_acc": math.nan, "teacher_test_loss": math.nan}
+        return dict.fromkeys(("test_acc", "test_loss", "teacher_test_acc", "teacher_test_loss"), math.nan)
     test = eval_loader(bundle.test, bundle, EVAL_BATCH_SIZE)
     test_acc, test_loss = evaluate(student, test, device)
     teacher_acc, teacher_loss = evaluate(teacher, test, device)
-    return {"test_acc": test_acc, "test_loss": test_loss, "teacher_test_acc": teacher_acc, "teacher_test_loss": teacher_loss}
+    return {
+        "test_acc": test_acc,
+        "test_loss": test_loss,
+        "teacher_test_acc": teacher_acc,
+        "teacher_test_loss": teacher_loss,
+    }
 
 
 def _artifact(job: JobSpec, bundle: DataBundle, student: nn.Module) -> dict:
@@ -537,7 +550,9 @@ def load_int_artifact(path: str | Path) -> nn.Module:
             image_size=arch["image_size"],
             width=arch["width"],
         )
-        model = quantize(model, arch["wbits"], arch["abits"], method=arch["method"], first_last_bits=arch["first_last_bits"])
+        model = quantize(
+            model, arch["wbits"], arch["abits"], method=arch["method"], first_last_bits=arch["first_last_bits"]
+        )
         load_int_state(model, payload["state"])
     except KeyError as err:
         raise DaqSearchError(f"artifact: {path}: 'arch' lacks {err}") from None
