@@ -331,6 +331,7 @@ def plot_run(run_dir: str | Path, out_png: str | Path, metric: str = "score") ->
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     trials, epochs = read_trials(run_dir), read_epochs(run_dir)
     status = dict(zip(trials["trial_id"], trials["status"]))
@@ -341,13 +342,15 @@ def plot_run(run_dir: str | Path, out_png: str | Path, metric: str = "score") ->
         curves.plot(group["epoch"], group[metric], color=colour, alpha=0.8, marker=".")
         if status.get(trial_id) == "pruned":
             curves.plot(group["epoch"].iloc[-1], group[metric].iloc[-1], color=colour, marker="x", markersize=9)
+    curves.xaxis.set_major_locator(MaxNLocator(integer=True))
     curves.set_xlabel("epoch")
     curves.set_ylabel(metric)
     curves.set_title(f"{metric} per epoch (x: pruned by ASHA)")
     for name, colour in STATUS_COLOURS.items():
         chosen = trials[trials["status"] == name]
         if len(chosen):
-            scatter.scatter(chosen["val_acc_best"], chosen[f"{metric}_best"], color=colour, label=f"{name} ({len(chosen)})")
+            label = f"{name} ({len(chosen)})"
+            scatter.scatter(chosen["val_acc_best"], chosen[f"{metric}_best"], color=colour, label=label)
     scatter.set_xlabel("val_acc (best epoch)")
     scatter.set_ylabel(f"{metric} (best epoch)")
     scatter.set_title(f"{metric} vs validation accuracy")

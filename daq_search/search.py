@@ -1,13 +1,14 @@
 """The augmentation search: Ray Tune trials of short QAT+KD trainings, sampled by Optuna TPE and pruned by ASHA.
 
-``run_search(JOB.yaml)`` validates the job and its data, trains (or loads) the teacher once, then runs
-``searcher.num_samples`` trials. A trial (:func:`run_trial`, a plain function of its config) builds the candidate
-its parameters describe, distils the fake-quantized student from the teacher under that augmentation for
+``plan_search(JOB.yaml)`` validates the job and its data before any Ray work; ``run_search(plan)`` trains (or
+loads) the teacher once, then runs ``searcher.num_samples`` trials. A trial (:func:`run_trial`, a plain function of
+its config) distils the fake-quantized student from the teacher under its candidate augmentation for
 ``trial.epochs`` epochs and reports after every epoch the DA score of the student's outputs on the scoring subset,
 the teacher-only scores of the candidate, validation accuracy and loss, and throughput. The search's Tune callback
-(:class:`SearchCallback`) prints one line per trial event plus a periodic summary, and keeps ``RUN_DIR/trials.parquet``
-and ``RUN_DIR/trial_epochs.parquet`` up to date (see :mod:`daq_search.results`). At the end the best trial becomes
-``RUN_DIR/winner.yaml``, the job with ``candidate`` and ``teacher.checkpoint`` set, ready for ``daq-search train``.
+(:class:`SearchCallback`) prints one line per trial event plus a periodic summary, and keeps
+``RUN_DIR/trials.parquet`` and ``RUN_DIR/trial_epochs.parquet`` up to date (see :mod:`daq_search.results`). At the
+end the best trial becomes ``RUN_DIR/winner.yaml``, the job with ``candidate`` and ``teacher.checkpoint`` set, ready
+for ``daq-search train``.
 
 ``RUN_DIR`` is ``<storage>/<name>`` and is also Tune's experiment folder, so ``resume=True`` restores it with
 ``Tuner.restore``: finished trials stay finished, unfinished ones continue from their last epoch checkpoint.
@@ -18,19 +19,24 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shlex
 import tempfile
 import time
 import warnings
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
 import torch
+import yaml
 from ray import tune
 from ray.tune.experiment import Trial
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
 
-from .augment import MIXES, POLICIES, Candidate, SearchSpace, parse_candidate
+from .augment import MIXES, POLICIES, Candidate, SearchSpace, build_batch_mix, parse_candidate
 from .config import JobSpec, ScorerConfig, job_to_yaml, load_job
 from .data import DataBundle, DataSpec, load_data, stratified_indices
 from .errors import DaqSearchError
@@ -46,10 +52,11 @@ from .kd import (
     train_loader,
 )
 from .metric import METRIC_MODES, score_candidate, teacher_t_stddev
-from .results import REPORTED_METRICS, TrialTable, best_trial, format_table, rank_trials
+from .results import TrialTable, best_trial, format_table, rank_trials
 from .runtime import ray_session
 
 WINNER_FILE = "winner.yaml"
+JOB_FILE = "job.yaml"
 TEACHER_SCORES_FILE = "teacher_scores.parquet"
 TRIAL_STATE_FILE = "trial.pt"
 MIN_T_STDDEV_GROUPS = 10
@@ -91,17 +98,17 @@ def plan_search(job_path: str | Path, *, storage: str | None = None, name: str |
     ``storage`` and ``name`` override the job's."""
     job = load_job(job_path)
     if name is not None:
-        job = JobSpec.model_validate({**job.model_dump(), "name": name}) if _valid_name(name) else job
+        _check_name(name)
+        job = job.model_copy(update={"name": name})
     space = job.load_search_space()
     bundle = load_data(job.data.spec())
     scoring_subset(bundle, job.scorer.subset, job.data.seed)
     return SearchPlan(job, space, bundle, _storage_path(storage or job.storage), job.name)
 
 
-def _valid_name(name: str) -> bool:
-    if not name or not all(ch.isalnum() or ch in "._-" for ch in name):
+def _check_name(name: str) -> None:
+    if not name or not all(ch.isascii() and (ch.isalnum() or ch in "._-") for ch in name):
         raise DaqSearchError(f"--name: {name!r} is not allowed; allowed: letters, digits, '.', '_' and '-'")
-    return True
 
 
 def scoring_subset(bundle: DataBundle, size: int, seed: int):
@@ -175,6 +182,23 @@ def knob_types(space: SearchSpace) -> dict[str, str]:
 
 # --- the trial ------------------------------------------------------------------------------------------------
 
+CANDIDATE_KEY = "candidate_id"
+"""The trial config key holding the sampled candidate's id."""
+
+
+@dataclass(frozen=True)
+class CandidateSampler:
+    """Optuna's define-by-run space for a search space: samples the parameters of one candidate (see
+    :meth:`SearchSpace.suggest`) and hands the trial the candidate's id as config key :data:`CANDIDATE_KEY`, so
+    trials need neither the searcher nor the space file."""
+
+    space: SearchSpace
+
+    def __call__(self, trial: Any) -> dict[str, str]:
+        self.space.suggest(trial)
+        return {CANDIDATE_KEY: self.space.candidate_from_params(trial.params).id}
+
+
 _DATA_CACHE: dict[DataSpec, DataBundle] = {}
 
 
@@ -187,17 +211,19 @@ def cached_data(spec: DataSpec) -> DataBundle:
 
 def run_trial(config: dict) -> None:
     """One search trial. ``config``: ``job`` (the JobSpec as a dict), ``teacher_checkpoint`` (path of the teacher
-    trained before the search) and the searcher's parameters, which name the candidate in the job's space.
+    trained before the search) and ``candidate_id`` (the augmentation to train with), next to the searcher's
+    parameters.
 
     Distils the quantized student for ``trial.epochs`` epochs; after each it reports ``epoch``, ``candidate`` and
     every metric of :data:`daq_search.results.REPORTED_METRICS` with a checkpoint, and a restored trial continues
     after its last checkpointed epoch. Raises ``FloatingPointError`` when the training loss stops being finite.
     """
+    logging.getLogger("ray").setLevel(logging.WARNING)
     job = JobSpec.model_validate(config["job"])
     torch.set_num_threads(max(1, int(job.resources.cpus_per_trial)))
     use_gpu = job.resources.gpus_per_trial > 0 and torch.cuda.is_available()
     device = torch.device("cuda" if use_gpu else "cpu")
-    candidate = job.load_search_space().candidate_from_params(config)
+    candidate = parse_candidate(config[CANDIDATE_KEY])
     bundle = cached_data(job.data.spec())
     teacher = load_teacher(config["teacher_checkpoint"], job.teacher, bundle)
     subset = scoring_subset(bundle, job.scorer.subset, job.data.seed)
@@ -207,7 +233,7 @@ def run_trial(config: dict) -> None:
     steps_per_epoch = len(train_loader(bundle.train, candidate, bundle, job.trial.batch_size, seed))
     optimizer = make_optimizer(student.parameters(), job.trial)
     scheduler = make_scheduler(optimizer, job.trial, steps_per_epoch)
-    mix = build_batch_mix_for(candidate, bundle)
+    mix = build_batch_mix(candidate, bundle.num_classes)
     val = eval_loader(bundle.val, bundle)
 
     checkpoint = tune.get_checkpoint()
@@ -265,20 +291,13 @@ def run_trial(config: dict) -> None:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
-def build_batch_mix_for(candidate: Candidate, bundle: DataBundle):
-    """The candidate's batch-level mix for ``bundle``'s classes, or None."""
-    from .augment import build_batch_mix
-
-    return build_batch_mix(candidate, bundle.num_classes)
-
-
 # --- watching the search ----------------------------------------------------------------------------------------
 
 
 def error_line(trial: Trial) -> str:
     """The last ``Type: message`` line of a failed trial's error (the exception the trial raised)."""
-    error = trial.get_error()
-    text = str(error) if error is not None else ""
+    path = trial.error_file  # written on the driver when the error arrives (storage gets it at the next sync)
+    text = Path(path).read_text() if path is not None and Path(path).is_file() else ""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     for line in reversed(lines):
         head = line.split(":", 1)[0]
@@ -295,13 +314,11 @@ class SearchCallback(tune.Callback):
     def __init__(
         self,
         table: TrialTable,
-        space: SearchSpace,
         *,
         log: Callable[[str], None] | None = print,
         summary_every_s: float = SUMMARY_EVERY_S,
     ):
         self.table = table
-        self.space = space
         self.log = log
         self.summary_every_s = summary_every_s
         self._last_summary = 0.0
@@ -315,13 +332,14 @@ class SearchCallback(tune.Callback):
         if self.log is not None:
             self.log(line)
 
-    def _candidate(self, trial: Trial) -> Candidate:
-        return self.space.candidate_from_params(trial.config)
+    def _start(self, trial: Trial) -> Candidate:
+        candidate = parse_candidate(trial.config[CANDIDATE_KEY])
+        self.table.start(trial.trial_id, candidate.id, candidate.knobs())
+        return candidate
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
-        candidate = self._candidate(trial)
         resumed = trial.trial_id in self.table.trials
-        self.table.start(trial.trial_id, candidate.id, candidate.knobs())
+        candidate = self._start(trial)
         self.table.write()
         self._say(f"trial {trial.trial_id} {'resumed' if resumed else 'started'}: {candidate.id}")
 
@@ -329,8 +347,7 @@ class SearchCallback(tune.Callback):
         if "epoch" not in result:
             return
         if trial.trial_id not in self.table.trials:
-            candidate = self._candidate(trial)
-            self.table.start(trial.trial_id, candidate.id, candidate.knobs())
+            self._start(trial)
         epoch = int(result["epoch"])
         self.table.add_epoch(trial.trial_id, epoch, result, seconds=result.get("time_total_s"))
         self.table.write()
@@ -342,8 +359,7 @@ class SearchCallback(tune.Callback):
 
     def _ended(self, trial: Trial, error: str | None) -> None:
         if trial.trial_id not in self.table.trials:
-            candidate = self._candidate(trial)
-            self.table.start(trial.trial_id, candidate.id, candidate.knobs())
+            self._start(trial)
         row = self.table.end(trial.trial_id, error)
         self.table.write()
         if error is not None:
@@ -362,7 +378,7 @@ class SearchCallback(tune.Callback):
         self._ended(trial, error_line(trial))
 
     def on_step_end(self, iteration: int, trials: list[Trial], **info) -> None:
-        if time.monotonic() - self._last_summary >= self.summary_every_s:
+        if self.table.trials and time.monotonic() - self._last_summary >= self.summary_every_s:
             self._say(self.summary())
             self._last_summary = time.monotonic()
 
@@ -410,10 +426,10 @@ def _quiet_ray() -> None:
     """Keep Tune's and Ray's own logging off the terminal (the callback's lines are the progress report)."""
     for name in ("ray", "ray.tune", "ray.train", "ray.air"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # Tune logs each failed trial's traceback and "Trials did not complete"; the callback's one line says it.
+    for name in ("ray.tune.execution.tune_controller", "ray.tune.tune"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     warnings.filterwarnings("ignore", module="ray")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
 def _build_tuner(plan: SearchPlan, teacher_path: Path, callback: SearchCallback, resume: bool):
@@ -422,9 +438,14 @@ def _build_tuner(plan: SearchPlan, teacher_path: Path, callback: SearchCallback,
     resources = {"cpu": job.resources.cpus_per_trial, "gpu": job.resources.gpus_per_trial}
     trainable = tune.with_resources(run_trial, resources)
     if resume:
-        return tune.Tuner.restore(str(plan.run_dir), trainable, resume_unfinished=True, resume_errored=False)
-    searcher = tune.search.optuna.OptunaSearch(
-        space=space.suggest,
+        tuner = tune.Tuner.restore(str(plan.run_dir), trainable, resume_unfinished=True, resume_errored=False)
+        # A restored Tuner carries the callbacks pickled by the first run; this run's callback (its log, its
+        # RUN_DIR) replaces them. The tables it loads in setup() hold every row the first run wrote.
+        if tuner._local_tuner is not None:
+            tuner._local_tuner.get_run_config().callbacks = [callback]
+        return tuner
+    searcher = OptunaSearch(
+        space=CandidateSampler(space),
         metric=job.objective,
         mode=job.mode,
         points_to_evaluate=[space.params_of(parse_candidate(p)) for p in job.searcher.points_to_evaluate] or None,
@@ -432,7 +453,7 @@ def _build_tuner(plan: SearchPlan, teacher_path: Path, callback: SearchCallback,
     )
     scheduler = None
     if job.scheduler.enabled:
-        scheduler = tune.schedulers.ASHAScheduler(
+        scheduler = ASHAScheduler(
             time_attr="epoch",
             max_t=job.trial.epochs,
             grace_period=min(job.scheduler.grace_period, job.trial.epochs),
@@ -449,6 +470,7 @@ def _build_tuner(plan: SearchPlan, teacher_path: Path, callback: SearchCallback,
             num_samples=job.searcher.num_samples,
             max_concurrent_trials=job.max_concurrent_trials,
             reuse_actors=True,
+            trial_dirname_creator=trial_dirname,
         ),
         run_config=tune.RunConfig(
             name=plan.name,
@@ -461,11 +483,38 @@ def _build_tuner(plan: SearchPlan, teacher_path: Path, callback: SearchCallback,
     )
 
 
+def trial_dirname(trial: Trial) -> str:
+    """A trial's folder name in RUN_DIR: ``trial_<id>`` (Tune's default spells out the whole config)."""
+    return f"trial_{trial.trial_id}"
+
+
 def _tpe_sampler(seed: int):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna.samplers.TPESampler(seed=seed)
+
+
+def _save_job(plan: SearchPlan) -> None:
+    """Keep the job a search starts with as ``RUN_DIR/job.yaml`` (a resume checks it is unchanged)."""
+    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    (plan.run_dir / JOB_FILE).write_text(job_to_yaml(plan.job))
+
+
+def _check_same_job(plan: SearchPlan) -> None:
+    """Refuse to resume a search with a job that differs from the one it started with (Tune would go on with the
+    old one for the trials it restores)."""
+    path = plan.run_dir / JOB_FILE
+    if not path.is_file():
+        return
+    started = yaml.safe_load(path.read_text())
+    current = plan.job.model_dump(mode="json")
+    changed = [key for key in current if current[key] != started.get(key)]
+    if changed:
+        raise DaqSearchError(
+            f"{plan.run_dir}: --resume: the job's {', '.join(changed)} differ from the search started in {path}; "
+            "resume with the same job, or start a new search with another --name"
+        )
 
 
 def write_winner(plan: SearchPlan, trials: pd.DataFrame, teacher_path: Path) -> Path | None:
@@ -493,27 +542,34 @@ def write_winner(plan: SearchPlan, trials: pd.DataFrame, teacher_path: Path) -> 
 
 
 def run_search(
-    job_path: str | Path,
+    plan: SearchPlan,
     *,
     address: str | None = None,
-    storage: str | None = None,
-    name: str | None = None,
     resume: bool = False,
     log: Callable[[str], None] = print,
     summary_every_s: float = SUMMARY_EVERY_S,
 ) -> SearchOutcome:
-    """Run (or with ``resume`` continue) the search a job file describes; see the module docstring.
+    """Run (or with ``resume`` continue) the search of a validated plan (:func:`plan_search`); see the module
+    docstring.
 
-    Everything is validated before Ray starts (DaqSearchError). Without ``address`` an embedded loopback Ray runs on
-    this machine; with it, the search runs on that cluster (``storage`` must then be shared by all nodes). Trials
-    that raise are recorded as failed and the search goes on. Returns the outcome; ``finished`` is False when the
-    run was interrupted (Ctrl-C), in which case it can be continued with ``resume=True``.
+    Without ``address`` an embedded loopback Ray runs on this machine; with it, the search runs on that cluster
+    (``storage`` must then be shared by all nodes). The teacher is trained or loaded before any trial. Trials that
+    raise are recorded as failed and the search goes on. A run folder that already holds a search is refused
+    unless ``resume``. Returns the outcome; ``finished`` is False when the run was interrupted (Ctrl-C), and
+    ``resume=True`` then continues it.
     """
-    plan = plan_search(job_path, storage=storage, name=name)
     run_dir = plan.run_dir
+    restorable = tune.Tuner.can_restore(str(run_dir))
+    if restorable and not resume:
+        raise DaqSearchError(
+            f"{run_dir}: a search already ran here; continue it with --resume, or choose another --name"
+        )
+    if restorable:
+        _check_same_job(plan)
     _quiet_ray()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     teacher, teacher_path = get_teacher(
-        plan.job.data, plan.job.teacher, plan.bundle, cache_dir=plan.storage / "teachers", log=log
+        plan.job.data, plan.job.teacher, plan.bundle, cache_dir=plan.storage / "teachers", device=device, log=log
     )
     del teacher
     table = TrialTable(
@@ -523,24 +579,25 @@ def run_search(
         objective=plan.job.objective,
         mode=plan.job.mode,
     )
-    callback = SearchCallback(table, plan.space, log=log, summary_every_s=summary_every_s)
-    with ray_session(address):
-        restorable = tune.Tuner.can_restore(str(run_dir))
-        if restorable and not resume:
-            raise DaqSearchError(
-                f"{run_dir}: a search already ran here; continue it with --resume, or choose another --name"
-            )
-        if resume and not restorable:
+    callback = SearchCallback(table, log=log, summary_every_s=summary_every_s)
+    if not restorable:
+        if resume:
             log(f"resume: nothing to resume in {run_dir}; starting the search")
+        _save_job(plan)
+    with ExitStack() as session:
+        try:
+            session.enter_context(ray_session(address))
+        except ConnectionError as err:
+            raise DaqSearchError(
+                f"--address: cannot connect to the Ray cluster at {address} ({str(err).strip()}); check the address "
+                "and, on a cluster with token authentication, RAY_AUTH_TOKEN"
+            ) from None
         log(
             f"search {plan.name}: {plan.job.searcher.num_samples} trials of {plan.job.trial.epochs} epochs, "
             f"objective {plan.job.objective} ({plan.job.mode}), results in {run_dir}"
         )
-        tuner = _build_tuner(plan, teacher_path, callback, resume and restorable)
+        tuner = _build_tuner(plan, teacher_path, callback, restorable)
         tuner.fit()
-    table = TrialTable(
-        run_dir, max_epochs=plan.job.trial.epochs, knob_types={}, objective=plan.job.objective, mode=plan.job.mode
-    )
     table.load()
     trials = table.frame()
     finished = len(trials) >= plan.job.searcher.num_samples and not (trials["status"] == "running").any()
@@ -565,6 +622,7 @@ def score_space(
     *,
     space_path: str | None = None,
     storage: str | None = None,
+    name: str | None = None,
     log: Callable[[str], None] = print,
 ) -> tuple[pd.DataFrame, Path]:
     """Rank every candidate of a space by the teacher alone (no Ray, no student): the teacher's DA score terms on
@@ -573,15 +631,16 @@ def score_space(
     ``score``; they are also written to ``RUN_DIR/teacher_scores.parquet``. Returns (table, parquet path)."""
     from .augment import load_search_space
 
-    plan = plan_search(job_path, storage=storage)
+    plan = plan_search(job_path, storage=storage, name=name)
     space = load_search_space(space_path) if space_path is not None else plan.space
     job, bundle = plan.job, plan.bundle
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    teacher, _ = get_teacher(job.data, job.teacher, bundle, cache_dir=plan.storage / "teachers", log=log)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    teacher, _ = get_teacher(job.data, job.teacher, bundle, cache_dir=plan.storage / "teachers", device=device, log=log)
+    teacher.to(device)
     subset = scoring_subset(bundle, job.scorer.subset, job.data.seed)
     rows = []
     for candidate in space.candidates():
-        metrics = teacher_metrics(teacher, subset, candidate, bundle, job)
+        metrics = teacher_metrics(teacher, subset, candidate, bundle, job, device)
         rows.append({"candidate": candidate.id, **{k.removeprefix("teacher_"): v for k, v in metrics.items()}})
         log(f"scored {candidate.id}: score={metrics['teacher_score']:.4f} t_stddev={metrics['t_stddev']:.5f}")
     table = pd.DataFrame(rows, columns=list(SCORE_COLUMNS))
@@ -597,4 +656,89 @@ def score_space(
     return table, path
 
 
-assert set(METRIC_MODES) <= set(REPORTED_METRICS), "every search metric must be reported by the trials"
+# --- submitting to a cluster ------------------------------------------------------------------------------------
+
+UPLOAD_EXCLUDES = [".venv", "runs", ".git", "bench/work", "**/__pycache__", "*.egg-info", ".pytest_cache", "build"]
+"""Left out of the working folder uploaded with a submitted search."""
+
+
+def project_root() -> Path:
+    """The source folder that holds the ``daq_search`` package; ``submit`` uploads it as the job's working folder."""
+    root = Path(__file__).resolve().parent.parent
+    if not ((root / "setup.cfg").is_file() or (root / "pyproject.toml").is_file()):
+        raise DaqSearchError(
+            f"submit: daq_search is installed at {root}, not in a source checkout; run submit from a checkout "
+            "(pip install -e .), whose folder is uploaded to the cluster"
+        )
+    return root
+
+
+def _inside(path: Path, root: Path, field: str) -> Path:
+    """``path`` relative to ``root``; DaqSearchError naming ``field`` when it lies outside the uploaded folder."""
+    try:
+        return path.resolve().relative_to(root)
+    except ValueError:
+        raise DaqSearchError(
+            f"{field}: {path} is outside the project folder {root}, which is what gets uploaded; move it inside"
+        ) from None
+
+
+def submission_headers() -> dict[str, str]:
+    """HTTP headers for the cluster's Jobs API: ``Authorization: Bearer $RAY_AUTH_TOKEN`` when that is set."""
+    token = os.environ.get("RAY_AUTH_TOKEN")
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def submit_search(
+    job_path: str | Path,
+    address: str,
+    *,
+    storage: str | None = None,
+    name: str | None = None,
+    wait: bool = False,
+    poll_s: float = 2.0,
+    log: Callable[[str], None] = print,
+) -> tuple[str, str | None]:
+    """Submit ``daq-search search`` of a job to a Ray cluster's Jobs API at ``address`` (``http://HEAD:8265``).
+
+    The job file is validated here first (its data is not: it lives on the cluster); the project folder is
+    uploaded as the job's working folder, so the job file and its search space must lie inside it. The search runs
+    on the cluster with ``--address auto``. Returns (submission id, final status with ``wait``, else None).
+    """
+    from ray.job_submission import JobSubmissionClient
+
+    job_file = Path(job_path)
+    job = load_job(job_file)
+    root = project_root()
+    relative = _inside(job_file, root, "job")
+    _inside(Path(job.search_space), root, "search_space")
+    if not Path(storage or job.storage).is_absolute():
+        raise DaqSearchError(
+            f"storage: {storage or job.storage!r} is relative, so the search would write into the job's temporary "
+            "working folder on the head; give a folder shared by all nodes (an NFS mount) with --storage or in the job"
+        )
+    command = ["python", "-m", "daq_search", "search", relative.as_posix(), "--address", "auto"]
+    if storage is not None:
+        command += ["--storage", storage]
+    if name is not None:
+        _check_name(name)
+        command += ["--name", name]
+    try:
+        client = JobSubmissionClient(address, headers=submission_headers())
+        submission_id = client.submit_job(
+            entrypoint=shlex.join(command),
+            runtime_env={"working_dir": str(root), "excludes": UPLOAD_EXCLUDES},
+        )
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DaqSearchError(f"--address: cannot submit to the Ray Jobs API at {address}: {reason}") from None
+    log(f"submitted {submission_id}: {shlex.join(command)}")
+    log(f"follow its logs with: ray job logs --follow --address {address} {submission_id}")
+    if not wait:
+        return submission_id, None
+    status = client.get_job_status(submission_id)
+    while not status.is_terminal():
+        time.sleep(poll_s)
+        status = client.get_job_status(submission_id)
+    log(f"{submission_id}: {status}")
+    return submission_id, str(status)

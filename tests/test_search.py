@@ -1,0 +1,184 @@
+"""Searches end to end on a real loopback Ray: ASHA prunes and completes trials, the Parquet tables and the winner
+file come out right, a diverging trial is recorded as failed, a finished search resumes to itself, and the
+teacher-only ranking."""
+
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from daq_search.config import load_job
+from daq_search.errors import DaqSearchError
+from daq_search.results import EPOCHS_SCHEMA, read_epochs, read_trials, trials_schema
+from daq_search.runtime import ray_session
+from daq_search.search import knob_types, plan_search, run_search, score_space, t_stddev_batch_size
+
+MILD = "none"
+HARSH = ["autoaugment(policy=svhn)+cutmix(alpha=1.0)", "randaugment(magnitude=20,num_ops=3)+mixup(alpha=1.0)"]
+
+
+def write_space(folder: Path) -> Path:
+    path = folder / "space.yaml"
+    path.write_text(yaml.safe_dump({"name": "tiny", "candidates": [MILD, *HARSH]}))
+    return path
+
+
+def write_job(folder: Path, **changes) -> Path:
+    """A search that ASHA surely prunes: one trial at a time, the mild candidate first, and an objective (the
+    teacher's cross-entropy on the augmented images) by which both harsh candidates are worse at the first rung."""
+    job = {
+        "name": "tiny",
+        "data": {"name": "digits", "train_per_class": 20, "val_per_class": 5},
+        "teacher": {"model": "tiny_cnn", "recipe": {"epochs": 40, "batch_size": 50, "lr": 0.01}},
+        "student": {"model": "tiny_cnn"},
+        "search_space": str(write_space(folder)),
+        "scorer": {"subset": 60, "batch_size": 60},
+        "trial": {"epochs": 2, "batch_size": 50},
+        "searcher": {"num_samples": 3, "points_to_evaluate": [MILD, *HARSH]},
+        "scheduler": {"grace_period": 1, "reduction_factor": 2},
+        "max_concurrent_trials": 1,
+        "objective": "teacher_sample_ce",
+        "storage": str(folder / "runs"),
+    }
+    for key, value in changes.items():
+        job[key] = {**job[key], **value} if isinstance(value, dict) else value
+    path = folder / f"{job['name']}.yaml"
+    path.write_text(yaml.safe_dump(job))
+    return path
+
+
+@pytest.fixture(scope="module")
+def ray_up():
+    with ray_session(num_cpus=2):
+        yield
+
+
+@pytest.fixture(scope="module")
+def finished_search(ray_up, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("search")
+    lines: list[str] = []
+    plan = plan_search(write_job(folder))
+    outcome = run_search(plan, log=lines.append, summary_every_s=0.0)
+    return plan, outcome, lines
+
+
+@pytest.mark.slow
+def test_search_completes_and_prunes(finished_search):
+    plan, outcome, lines = finished_search
+    assert outcome.finished and outcome.run_dir == plan.storage / "tiny"
+    trials = read_trials(outcome.run_dir)
+    assert len(trials) == 3 and set(trials["status"]) == {"completed", "pruned"}
+    by_candidate = trials.groupby("candidate")["status"].agg(set).to_dict()
+    assert by_candidate[MILD] == {"completed"}
+    assert all(by_candidate[c] == {"pruned"} for c in HARSH)
+    assert (trials.loc[trials["status"] == "pruned", "epochs"] == 1).all()
+    assert (trials.loc[trials["status"] == "completed", "epochs"] == 2).all()
+    harsh = trials[trials["candidate"] == HARSH[0]].iloc[0]
+    mild = trials[trials["candidate"] == MILD].iloc[0]
+    assert harsh["teacher_sample_ce_best"] > mild["teacher_sample_ce_best"]
+    assert harsh["policy"] == "autoaugment" and harsh["autoaugment.policy"] == "svhn" and harsh["cutmix.alpha"] == 1.0
+    assert pd.isna(mild["cutmix.alpha"]) and mild["mix"] == "none"
+    for column in ("score_last", "cmi_best", "val_acc_last", "t_stddev_last", "images_per_s_last", "wall_s"):
+        assert trials[column].notna().all(), column
+    assert ((trials["val_acc_best"] >= 0) & (trials["val_acc_best"] <= 1)).all()
+    assert trials["error"].isna().all() and (trials["ended_at"] >= trials["started_at"]).all()
+    assert any(line.startswith("trials: ") and "best so far: none teacher_sample_ce=" in line for line in lines)
+    assert any(" pruned after 1/2 epochs: " in line for line in lines)
+    assert any(" completed after 2/2 epochs: none " in line for line in lines)
+
+
+@pytest.mark.slow
+def test_tables_match_their_schemas_and_each_other(finished_search):
+    plan, outcome, _ = finished_search
+    schema = pq.read_schema(outcome.run_dir / "trials.parquet").remove_metadata()
+    assert schema == trials_schema(knob_types(plan.space)).remove_metadata()
+    assert {"autoaugment.policy", "randaugment.num_ops", "mixup.alpha"} <= set(schema.names)
+    assert pq.read_schema(outcome.run_dir / "trial_epochs.parquet").remove_metadata() == EPOCHS_SCHEMA
+    trials, epochs = read_trials(outcome.run_dir), read_epochs(outcome.run_dir)
+    counted = epochs.groupby("trial_id")["epoch"].max()
+    assert counted.to_dict() == dict(zip(trials["trial_id"], trials["epochs"]))
+    last = epochs.sort_values("epoch").groupby("trial_id").last()
+    for _, row in trials.iterrows():
+        assert last.loc[row["trial_id"], "score"] == pytest.approx(row["score_last"])
+        assert epochs[epochs["trial_id"] == row["trial_id"]]["score"].min() == pytest.approx(row["score_best"])
+
+
+@pytest.mark.slow
+def test_winner_file_is_a_trainable_job(finished_search):
+    plan, outcome, _ = finished_search
+    winner = load_job(outcome.winner_file)
+    assert outcome.winner_file == outcome.run_dir / "winner.yaml"
+    assert winner.candidate == MILD
+    assert Path(winner.teacher.checkpoint).is_file()
+    assert Path(winner.teacher.checkpoint).parent == plan.storage / "teachers"
+    assert winner.model_dump(exclude={"candidate", "teacher"}) == plan.job.model_dump(exclude={"candidate", "teacher"})
+
+
+@pytest.mark.slow
+def test_rerun_refused_and_resume_of_a_finished_search_reruns_nothing(finished_search):
+    plan, outcome, _ = finished_search
+    before = read_trials(outcome.run_dir)
+    with pytest.raises(DaqSearchError, match="a search already ran here; continue it with --resume"):
+        run_search(plan, log=lambda line: None)
+    lines: list[str] = []
+    again = run_search(plan, resume=True, log=lines.append)
+    assert again.finished
+    after = read_trials(outcome.run_dir)
+    pd.testing.assert_frame_equal(before, after)
+    assert not any(" started: " in line or " resumed: " in line for line in lines)
+
+
+@pytest.mark.slow
+def test_diverging_trials_are_recorded_as_failed(ray_up, tmp_path):
+    diverging = {"epochs": 1, "optimizer": "sgd", "lr": 1.0e30}  # the first SGD step overflows the weights
+    path = write_job(tmp_path, name="diverge", trial=diverging, searcher={"num_samples": 2})
+    lines: list[str] = []
+    outcome = run_search(plan_search(path), log=lines.append)
+    assert outcome.finished and outcome.winner_file is None
+    trials = read_trials(outcome.run_dir)
+    assert list(trials["status"]) == ["failed", "failed"]
+    assert trials["error"].str.match(r"FloatingPointError: training loss became (nan|inf)").all()
+    assert (trials["epochs"] == 0).all()
+    assert sum(" failed: " in line for line in lines) == 2
+
+
+def test_t_stddev_batch_gives_enough_groups():
+    from daq_search.config import ScorerConfig
+
+    scorer = ScorerConfig(subset=512, batch_size=256, t_stddev_group=5, t_stddev_epochs=2)
+    batch = t_stddev_batch_size(512, scorer)
+    assert batch == 20 and 2 * -(-512 // batch) // 5 >= 10
+    assert t_stddev_batch_size(100_000, scorer) == 256
+
+
+@pytest.mark.slow
+def test_teacher_only_ranking(tmp_path):
+    path = write_job(tmp_path, name="score", objective="score")
+    table, parquet = score_space(path, log=lambda line: None)
+    assert list(table.columns) == ["candidate", "score", "score_ce", "cmi", "align", "sample_ce", "t_stddev"]
+    assert sorted(table["candidate"]) == sorted([MILD, *HARSH])
+    assert table["score"].is_monotonic_increasing
+    assert parquet == tmp_path / "runs" / "score" / "teacher_scores.parquet"
+    pd.testing.assert_frame_equal(pd.read_parquet(parquet), table)
+    by_ce = write_job(tmp_path, name="score", objective="teacher_sample_ce")
+    ranked, _ = score_space(by_ce, log=lambda line: None)
+    assert ranked["sample_ce"].is_monotonic_increasing and ranked["candidate"].iloc[0] == MILD
+
+
+def test_candidate_sampler_hands_trials_the_candidate_id():
+    import optuna
+
+    from daq_search.augment import load_search_space, parse_candidate
+    from daq_search.search import CANDIDATE_KEY, CandidateSampler
+
+    space = load_search_space(Path(__file__).resolve().parent.parent / "search_spaces" / "default.yaml")
+    sampler = CandidateSampler(space)
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
+    wanted = parse_candidate("randaugment(magnitude=12,num_ops=3)+cutmix(alpha=0.5)")
+    study.enqueue_trial(space.params_of(wanted))
+    assert sampler(study.ask()) == {CANDIDATE_KEY: wanted.id}
+    for _ in range(5):
+        candidate = parse_candidate(sampler(study.ask())[CANDIDATE_KEY])
+        assert candidate in space
