@@ -25,25 +25,11 @@ from torch.utils.data import DataLoader
 
 from .augment import build_batch_mix, build_eval_transform, build_train_transform
 from .data import TransformedDataset
+from .results import REPORTED_METRICS
 
 LOG_FLOOR = 1e-12
 
-METRIC_MODES: dict[str, str] = {
-    "score": "min",
-    "score_ce": "min",
-    "cmi": "max",
-    "align": "min",
-    "sample_ce": "min",
-    "teacher_score": "min",
-    "teacher_score_ce": "min",
-    "teacher_cmi": "max",
-    "teacher_align": "min",
-    "teacher_sample_ce": "min",
-    "t_stddev": "min",
-    "val_acc": "max",
-    "val_loss": "min",
-    "train_loss": "min",
-}
+METRIC_MODES: dict[str, str] = {name: mode for name, mode in REPORTED_METRICS.items() if name != "images_per_s"}
 """Every metric a trial reports that can drive a search, with the direction that makes it better."""
 
 

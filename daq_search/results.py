@@ -52,8 +52,9 @@ REPORTED_METRICS: dict[str, str] = {
     "train_loss": "min",
     "images_per_s": "max",
 }
-"""Every metric a trial reports per epoch, with the direction in which it improves (``min`` or ``max``). The search
-metrics among them are :data:`daq_search.metric.METRIC_MODES` (kept here so reading results needs no torch)."""
+"""Every metric a trial reports per epoch, with the direction in which it improves (``min`` or ``max``). Defined
+here, where reading results needs no torch; :data:`daq_search.metric.METRIC_MODES` takes the search objectives
+from it."""
 
 KNOB_TYPES = {"int": pa.int64(), "float": pa.float64(), "str": pa.string()}
 """Arrow type of a knob column, by the knob's value type name."""

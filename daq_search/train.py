@@ -310,8 +310,11 @@ def train_fn_per_worker(config: dict) -> dict:
     """
     import ray.train
     import ray.train.torch
+    from ray.train.v2._internal.execution import context as train_context
 
     logging.getLogger("ray.train").setLevel(logging.WARNING)
+    # Ray Train logs every report at INFO under a logger named after its file; the progress line says it all.
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
     job: JobSpec = config["job"]
     epochs: int = config["epochs"]
     candidate = parse_candidate(job.candidate)

@@ -182,3 +182,16 @@ def test_candidate_sampler_hands_trials_the_candidate_id():
     for _ in range(5):
         candidate = parse_candidate(sampler(study.ask())[CANDIDATE_KEY])
         assert candidate in space
+
+
+def test_torch_threads_is_the_trial_share_and_is_restored():
+    import torch
+
+    from daq_search.search import torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(2.5):
+        assert torch.get_num_threads() == 2
+    with torch_threads(0.5):  # a fractional CPU share still gets one thread
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
