@@ -279,8 +279,10 @@ def stop_head(head: subprocess.Popen) -> str:
 
 
 def reachable(url: str) -> bool:
+    """Whether the dashboard answers at ``url`` with the test token (the head has token auth on)."""
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {TOKEN}"})
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:
+        with urllib.request.urlopen(request, timeout=2) as response:
             return response.status == 200
     except OSError:
         return False
