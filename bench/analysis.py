@@ -7,8 +7,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from daq_search.metric import METRIC_MODES
+
 from .regimes import Regime
 from .runs import Job
+from .search_rule import CONCURRENT_TRIALS, SEARCH_OBJECTIVES, search_key
 from .stats import agreement, noise_gate, one_seed_sweep, random_pick_regret
 
 TEACHER_RULES = (
@@ -33,7 +36,7 @@ STUDENT_RULES = (
 class RuleResult:
     """One rule on one regime: per-candidate values, agreement with the ground truth and compute.
 
-    ``cost_fraction`` is the rule's wall seconds over one full sweep (every candidate trained once to completion);
+    ``seconds`` are CPU seconds (one thread); ``cost_fraction`` is the rule's CPU seconds over one full sweep (every candidate trained once to completion);
     ``rho_ci`` is a bootstrap interval over seeds (the 1-seed sweep gives the range over left-out seeds instead).
     """
 
@@ -68,10 +71,16 @@ def ground_truth(regime: Regime, results: dict) -> np.ndarray | None:
     return np.array(rows)
 
 
-def sweep_seconds(regime: Regime, results: dict) -> float:
-    """Wall seconds of one full sweep: every candidate trained once to completion, averaged over the seeds."""
+def completed_seeds(regime: Regime, results: dict) -> list[int]:
+    """The seeds whose full runs are done for every candidate."""
+    return [s for s in regime.seeds if all(Job("full", regime, c, s).key() in results for c in regime.candidates)]
+
+
+def sweep_seconds(regime: Regime, results: dict, field: str = "seconds") -> float:
+    """CPU seconds (or, with ``field="wall_seconds"``, wall seconds) of one full sweep: every candidate trained once
+    to completion, averaged over the seeds."""
     per_seed = [
-        sum(_result(results, Job("full", regime, c, s))["seconds"] for c in regime.candidates) for s in regime.seeds
+        sum(_result(results, Job("full", regime, c, s))[field] for c in regime.candidates) for s in regime.seeds
     ]
     return float(np.mean(per_seed))
 
@@ -112,6 +121,27 @@ def rule_results(regime: Regime, results: dict, top1: np.ndarray, trial_seed: in
             extra = "val_seconds" if field == "val_acc" else "score_seconds"
             seconds = sum(trial["train_seconds"] + trial[extra] for trial in trials)
             rules.append(_rule(name, mode, [trial[field] for trial in trials], top1, candidates, seconds, sweep, rng))
+    for objective in SEARCH_OBJECTIVES:
+        search = results.get(search_key(regime, objective))
+        if search is None:
+            continue
+        pick = candidates.index(search["winner"])
+        truth = top1.mean(1)
+        rules.append(
+            RuleResult(
+                rule=f"search TPE+ASHA, objective {objective}",
+                mode=METRIC_MODES[objective],
+                values=[],
+                rho=float("nan"),
+                rho_ci=(float("nan"), float("nan")),
+                tau=float("nan"),
+                tau_ci=(float("nan"), float("nan")),
+                pick=search["winner"],
+                regret_pp=100 * float(truth.max() - truth[pick]),
+                seconds=CONCURRENT_TRIALS * search["wall_seconds"],
+                cost_fraction=CONCURRENT_TRIALS * search["wall_seconds"] / sweep,
+            )
+        )
     sweep_agree = one_seed_sweep(top1)
     rules.append(
         RuleResult(
@@ -172,6 +202,19 @@ def scoring_costs(regime: Regime, results: dict) -> dict | None:
     }
 
 
+def throughput(regime: Regime, results: dict) -> dict | None:
+    """Training throughput (images/s, wall) of the trial loop: in plain PyTorch (the benchmark's own trial runs, two
+    worker processes) and inside Ray Tune trials (the search's per-epoch ``images_per_s``, two concurrent trials)."""
+    trials = [_result(results, Job("trial", regime, c, 0)) for c in regime.candidates]
+    searches = [results.get(search_key(regime, objective)) for objective in SEARCH_OBJECTIVES]
+    searches = [search for search in searches if search is not None]
+    if not all(trials) or not searches:
+        return None
+    plain = [trial["images"] / trial["train_wall_seconds"] for trial in trials]
+    ray = [search["median_images_per_s"] for search in searches]
+    return {"plain_median_images_per_s": float(np.median(plain)), "ray_median_images_per_s": float(np.median(ray))}
+
+
 def regime_summary(regime: Regime, results: dict, trial_seed: int) -> dict:
     """Everything reported about one regime, as plain JSON-ready values (accuracies in percent)."""
     teacher = _result(results, Job("teacher", regime))
@@ -188,10 +231,20 @@ def regime_summary(regime: Regime, results: dict, trial_seed: int) -> dict:
     }
     top1 = ground_truth(regime, results)
     if top1 is None:
-        summary["complete"] = False
+        done = completed_seeds(regime, results)
+        summary.update(complete=False, completed_seeds=done)
+        if done:
+            partial = np.array(
+                [[results[Job("full", regime, c, s).key()]["test_top1"] for s in done] for c in regime.candidates]
+            )
+            summary["partial_top1_pct"] = (100 * partial).tolist()
         return summary
     gate = noise_gate(top1)
     summary["scoring_costs"] = scoring_costs(regime, results)
+    summary["throughput"] = throughput(regime, results)
+    summary["searches"] = [
+        results[search_key(regime, o)] for o in SEARCH_OBJECTIVES if search_key(regime, o) in results
+    ]
     summary.update(
         complete=True,
         top1_pct=(100 * top1).tolist(),
@@ -199,6 +252,7 @@ def regime_summary(regime: Regime, results: dict, trial_seed: int) -> dict:
         sd_pct=(100 * top1.std(1, ddof=1)).tolist(),
         gate={key: (100 * value if key.endswith("_sd") else value) for key, value in asdict(gate).items()},
         sweep_seconds=sweep_seconds(regime, results),
+        sweep_wall_seconds=sweep_seconds(regime, results, "wall_seconds"),
         rules=[asdict(rule) for rule in rule_results(regime, results, top1, trial_seed)],
     )
     return summary

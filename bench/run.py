@@ -25,6 +25,7 @@ from .analysis import regime_summary
 from .regimes import FULL_REGIMES, Regime, quick_regimes
 from .report import cost_regret_plot, regime_tables, scatter_plot
 from .runs import Job, execute
+from .search_rule import SEARCH_OBJECTIVES, run_search_rule, search_key
 
 TRIAL_SEED = 0
 
@@ -36,22 +37,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", default="bench/results", help="folder for results.md, results.json and plots")
     parser.add_argument("--work", default=None, help="cache folder (default bench/work/full or bench/work/quick)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes, one torch thread each")
+    parser.add_argument("--report-only", action="store_true", help="write the outputs from the cache, run nothing")
     return parser.parse_args(argv)
 
 
 def plan_jobs(regimes: tuple[Regime, ...]) -> tuple[list[Job], list[Job]]:
-    """(teacher jobs, every other job): teacher rules first, then the ground-truth runs longest first, then trials."""
+    """(teacher jobs, every other job) in priority order: the teacher rules of every regime, then per regime its
+    ground-truth runs (seed by seed, so a cut-short run still holds whole seeds) followed by its trial runs."""
     teachers = [Job("teacher", regime) for regime in regimes]
-    rules = [Job("teacher_rules", regime) for regime in regimes]
-    full = [Job("full", r, c, s) for r in regimes for s in r.seeds for c in r.candidates]
-    full.sort(key=lambda job: -job.regime.recipe.epochs * len(job.regime.candidates) * _pixels(job.regime))
-    trials = [Job("trial", r, c, TRIAL_SEED) for r in regimes for c in r.candidates]
-    return teachers, rules + full + trials
-
-
-def _pixels(regime: Regime) -> float:
-    """A relative cost of one training image of the regime (pixels times squared width)."""
-    return (regime.data.image_size or 28) ** 2 * regime.student.width**2 * (regime.data.train_per_class or 100)
+    jobs = [Job("teacher_rules", regime) for regime in regimes]
+    for regime in regimes:
+        jobs += [Job("full", regime, c, s) for s in regime.seeds for c in regime.candidates]
+        jobs += [Job("trial", regime, c, TRIAL_SEED) for c in regime.candidates]
+    return teachers, jobs
 
 
 def _execute_safely(args: tuple[Job, str]) -> tuple[str, dict]:
@@ -83,32 +81,43 @@ def _describe(job: Job, result: dict) -> str:
     return f"{len(result['candidates'])} candidates scored"
 
 
-def run_jobs(jobs: list[Job], results: dict, cache: Path, work_dir: Path, workers: int, log) -> None:
-    """Run the jobs not yet in ``results`` on ``workers`` processes, caching each result as it arrives."""
+def run_jobs(jobs: list[Job], results: dict, cache: Path, work_dir: Path, pool, log) -> None:
+    """Run the jobs not yet in ``results`` (on ``pool``, or in this process when it is None), caching each result
+    as it arrives."""
     todo = [job for job in jobs if job.key() not in results]
-    by_key = {job.key(): job for job in todo}
     if not todo:
         return
+    by_key = {job.key(): job for job in todo}
     log(f"{len(todo)} jobs to run ({len(jobs) - len(todo)} cached)")
     args = [(job, str(work_dir)) for job in todo]
-    if workers == 1:
-        outcomes = map(_execute_safely, args)
-        pool = None
-    else:
-        pool = multiprocessing.get_context("spawn").Pool(workers)
-        outcomes = pool.imap_unordered(_execute_safely, args)
-    try:
-        for done, (key, result) in enumerate(outcomes, 1):
-            job = by_key[key]
-            log(f"[{done}/{len(todo)}] {job.kind} {job.regime.name} {job.candidate} seed {job.seed}: "
-                f"{_describe(job, result)} ({result.get('job_seconds', 0):.0f} s)")
-            if "error" not in result:
-                results[key] = result
-                _save(results, cache)
-    finally:
-        if pool is not None:
-            pool.close()
-            pool.join()
+    outcomes = map(_execute_safely, args) if pool is None else pool.imap_unordered(_execute_safely, args)
+    for done, (key, result) in enumerate(outcomes, 1):
+        job = by_key[key]
+        log(
+            f"[{done}/{len(todo)}] {job.kind} {job.regime.name} {job.candidate} seed {job.seed}: "
+            f"{_describe(job, result)} ({result.get('job_seconds', 0):.0f} s)"
+        )
+        if "error" not in result:
+            results[key] = result
+            _save(results, cache)
+
+
+def run_searches(
+    regimes: tuple[Regime, ...], objectives: tuple[str, ...], results: dict, cache: Path, work_dir: Path, log
+) -> None:
+    """The search rule for every regime and objective not yet cached: one Ray Tune search each, in this process
+    (Ray starts its own two trial workers), as many trials as the regime has candidates."""
+    for regime in regimes:
+        for objective in objectives:
+            key = search_key(regime, objective)
+            if key in results:
+                continue
+            try:
+                results[key] = run_search_rule(regime, objective, work_dir, len(regime.candidates), log)
+            except Exception:
+                log(f"search {regime.name} {objective} FAILED: {traceback.format_exc().strip().splitlines()[-1]}")
+                continue
+            _save(results, cache)
 
 
 def write_outputs(summaries: list[dict], out: Path, quick: bool, wall_seconds: float) -> None:
@@ -118,8 +127,9 @@ def write_outputs(summaries: list[dict], out: Path, quick: bool, wall_seconds: f
     lines = [
         "# daq-search benchmark: raw tables" + (" (QUICK SMOKE RUN: numbers are not claims)" if quick else ""),
         "",
-        f"Written by `python -m bench.run{' --quick' if quick else ''}` in {wall_seconds / 60:.1f} min "
-        f"(this invocation; cached jobs not re-run). Accuracies in %, regrets in percentage points (pp).",
+        f"Written by `python -m bench.run{' --quick' if quick else ''}` from its job cache (this invocation ran "
+        f"{wall_seconds / 60:.1f} min; cached jobs are not re-run). Accuracies in %, regrets in percentage points "
+        "(pp).",
         "",
     ]
     for summary in summaries:
@@ -127,7 +137,7 @@ def write_outputs(summaries: list[dict], out: Path, quick: bool, wall_seconds: f
         if summary.get("complete"):
             scatter_plot(summary, out / f"scatter-{summary['regime']}.png")
             lines += [f"![scatter](scatter-{summary['regime']}.png)", ""]
-    if any(summary.get("complete") for summary in summaries):
+    if any(summary.get("complete") and summary["gate"]["passes"] for summary in summaries):
         cost_regret_plot(summaries, out / "cost-regret.png")
         lines += ["![cost vs regret](cost-regret.png)", ""]
     (out / "results.md").write_text("\n".join(lines))
@@ -148,8 +158,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
 
     teachers, jobs = plan_jobs(regimes)
-    run_jobs(teachers, results, cache, work_dir, args.workers, log)
-    run_jobs(jobs, results, cache, work_dir, args.workers, log)
+    if args.report_only:
+        teachers, jobs = [], []
+    pool = multiprocessing.get_context("spawn").Pool(args.workers) if args.workers > 1 and jobs else None
+    try:
+        run_jobs(teachers, results, cache, work_dir, pool, log)
+        run_jobs(jobs, results, cache, work_dir, pool, log)
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+    if not args.report_only:
+        run_searches(regimes, SEARCH_OBJECTIVES, results, cache, work_dir, log)
     summaries = [regime_summary(regime, results, TRIAL_SEED) for regime in regimes]
     write_outputs(summaries, Path(args.out), args.quick, time.perf_counter() - start)
     log(f"wrote {args.out}/results.md")

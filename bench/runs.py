@@ -4,6 +4,7 @@ with the teacher (the zero-training rules and their costs)."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,13 +14,29 @@ from torch.utils.data import Subset
 
 from daq_search.augment import build_batch_mix, parse_candidate
 from daq_search.data import DataBundle, load_data, stratified_indices
-from daq_search.kd import build_student, evaluate, eval_loader, get_teacher, make_optimizer, make_scheduler, run_epoch, train_loader
+from daq_search.kd import (
+    build_student,
+    eval_loader,
+    evaluate,
+    get_teacher,
+    make_optimizer,
+    make_scheduler,
+    run_epoch,
+    teacher_key,
+    train_loader,
+)
 from daq_search.metric import score_candidate, teacher_t_stddev
 
 from .regimes import Regime
 from .twopass import two_pass_score
 
 JOB_KINDS = ("teacher", "full", "trial", "teacher_rules")
+
+
+def cpu_seconds() -> float:
+    """CPU seconds used by this process so far. Every worker runs one torch thread, so on an idle core this is its
+    wall time, and unlike wall time it does not grow when other programs share the machine; all costs use it."""
+    return time.process_time()
 
 
 @dataclass(frozen=True)
@@ -36,20 +53,48 @@ class Job:
         return f"{self.regime.name}|{self.regime.key()}|{self.kind}|{self.candidate}|{self.seed}"
 
 
-_BUNDLES: dict[str, DataBundle] = {}
+_BUNDLES: dict[tuple[str, str], DataBundle] = {}
+
+
+def _teacher_bundle(regime: Regime) -> DataBundle:
+    """The split the teacher is trained on (``teacher_data``, else the student's), loaded once per process."""
+    if regime.teacher_data is None:
+        return _bundle(regime)
+    key = (regime.name, "teacher")
+    if key not in _BUNDLES:
+        _BUNDLES[key] = load_data(regime.teacher_data.spec())
+    return _BUNDLES[key]
 
 
 def _bundle(regime: Regime) -> DataBundle:
-    """The regime's data, loaded once per worker process."""
-    if regime.name not in _BUNDLES:
-        _BUNDLES[regime.name] = load_data(regime.data.spec())
-    return _BUNDLES[regime.name]
+    """The student's data, loaded once per worker process; with ``teacher_data`` its normalisation is the
+    teacher's split's, so both models see identical inputs."""
+    key = (regime.name, "student")
+    if key not in _BUNDLES:
+        bundle = load_data(regime.data.spec())
+        if regime.teacher_data is not None:
+            teacher_bundle = _teacher_bundle(regime)
+            bundle = dataclasses.replace(bundle, mean=teacher_bundle.mean, std=teacher_bundle.std)
+        _BUNDLES[key] = bundle
+    return _BUNDLES[key]
+
+
+def test_set(regime: Regime):
+    """The images every test accuracy of the regime is measured on: the teacher split's test set (it holds no
+    image either model trained on; with no ``teacher_data`` it is the student's own test set)."""
+    return _teacher_bundle(regime).test
 
 
 def _teacher(regime: Regime, work_dir: Path, log=lambda message: None) -> torch.nn.Module:
     """The regime's teacher from the cache in ``work_dir/teachers`` (trained there the first time)."""
-    model, _ = get_teacher(regime.data, regime.teacher, _bundle(regime), work_dir / "teachers", log=log)
+    data = regime.teacher_data or regime.data
+    model, _ = get_teacher(data, regime.teacher, _teacher_bundle(regime), work_dir / "teachers", log=log)
     return model.eval()
+
+
+def teacher_checkpoint(regime: Regime, work_dir: Path) -> Path:
+    """Where the regime's teacher checkpoint is cached."""
+    return work_dir / "teachers" / f"teacher-{teacher_key(regime.teacher_data or regime.data, regime.teacher)}.pt"
 
 
 def scoring_set(regime: Regime, bundle: DataBundle) -> Subset:
@@ -62,7 +107,8 @@ def scoring_set(regime: Regime, bundle: DataBundle) -> Subset:
 
 
 def _train_student(regime: Regime, candidate_id: str, seed: int, epochs: int, work_dir: Path):
-    """A quantized student trained with KD under the candidate for ``epochs`` (cosine over those epochs)."""
+    """A quantized student trained with KD under the candidate for ``epochs`` (cosine over those epochs); returns
+    it, the images seen, training CPU seconds and wall seconds."""
     bundle = _bundle(regime)
     teacher = _teacher(regime, work_dir)
     candidate = parse_candidate(candidate_id)
@@ -73,40 +119,51 @@ def _train_student(regime: Regime, candidate_id: str, seed: int, epochs: int, wo
     scheduler = make_scheduler(optimizer, recipe, len(loader))
     mix = build_batch_mix(candidate, bundle.num_classes)
     images = 0
-    start = time.perf_counter()
+    start, wall_start = cpu_seconds(), time.perf_counter()
     for _ in range(epochs):
         stats = run_epoch(student, loader, optimizer, mix=mix, teacher=teacher, kd=regime.kd, scheduler=scheduler)
         images += stats.images
-    return student, images, time.perf_counter() - start
+    return student, images, cpu_seconds() - start, time.perf_counter() - wall_start
 
 
 def run_teacher(job: Job, work_dir: Path) -> dict:
-    """Train (or load) the regime's teacher; returns its test and val top-1 and the wall seconds."""
-    start = time.perf_counter()
-    teacher = _teacher(job.regime, work_dir)
-    bundle = _bundle(job.regime)
-    seconds = time.perf_counter() - start
-    test_acc, _ = evaluate(teacher, eval_loader(bundle.test, bundle))
+    """Train the regime's teacher, or load it when its checkpoint is already cached (``cached``: True, and then
+    ``seconds`` is None); returns its test and val top-1 and the training CPU seconds."""
+    regime = job.regime
+    bundle = _bundle(regime)
+    cached = teacher_checkpoint(regime, work_dir).is_file()
+    start = cpu_seconds()
+    teacher = _teacher(regime, work_dir)
+    seconds = None if cached else cpu_seconds() - start
+    test_acc, _ = evaluate(teacher, eval_loader(test_set(regime), bundle))
     val_acc, _ = evaluate(teacher, eval_loader(bundle.val, bundle))
-    return {"test_top1": test_acc, "val_top1": val_acc, "seconds": seconds}
+    return {"test_top1": test_acc, "val_top1": val_acc, "seconds": seconds, "cached": cached}
 
 
 def run_full(job: Job, work_dir: Path) -> dict:
-    """Ground truth: the student trained to completion under the candidate; its test top-1 (fraction)."""
+    """Ground truth: the student trained to completion under the candidate; its test top-1 (fraction), training
+    CPU seconds and wall seconds."""
     regime = job.regime
-    student, images, seconds = _train_student(regime, job.candidate, job.seed, regime.recipe.epochs, work_dir)
+    student, images, seconds, wall = _train_student(regime, job.candidate, job.seed, regime.recipe.epochs, work_dir)
     bundle = _bundle(regime)
-    test_acc, test_loss = evaluate(student, eval_loader(bundle.test, bundle))
+    test_acc, test_loss = evaluate(student, eval_loader(test_set(regime), bundle))
     val_acc, _ = evaluate(student, eval_loader(bundle.val, bundle))
-    return {"test_top1": test_acc, "test_loss": test_loss, "val_top1": val_acc, "seconds": seconds, "images": images}
+    return {
+        "test_top1": test_acc,
+        "test_loss": test_loss,
+        "val_top1": val_acc,
+        "seconds": seconds,
+        "wall_seconds": wall,
+        "images": images,
+    }
 
 
 def run_trial(job: Job, work_dir: Path) -> dict:
     """The trial budget: a short KD training, then the student's DA score on the scoring set and its val accuracy."""
     regime = job.regime
-    student, images, train_seconds = _train_student(regime, job.candidate, job.seed, regime.trial.epochs, work_dir)
+    student, images, train_seconds, train_wall = _train_student(regime, job.candidate, job.seed, regime.trial.epochs, work_dir)
     bundle = _bundle(regime)
-    start = time.perf_counter()
+    start = cpu_seconds()
     score = score_candidate(
         student,
         scoring_set(regime, bundle),
@@ -117,10 +174,10 @@ def run_trial(job: Job, work_dir: Path) -> dict:
         batch_size=regime.scorer.batch_size,
         seed=job.seed,
     )
-    score_seconds = time.perf_counter() - start
-    start = time.perf_counter()
+    score_seconds = cpu_seconds() - start
+    start = cpu_seconds()
     val_acc, val_loss = evaluate(student, eval_loader(bundle.val, bundle))
-    val_seconds = time.perf_counter() - start
+    val_seconds = cpu_seconds() - start
     return {
         "score": score.score,
         "score_ce": score.score_ce,
@@ -130,6 +187,7 @@ def run_trial(job: Job, work_dir: Path) -> dict:
         "val_acc": val_acc,
         "val_loss": val_loss,
         "train_seconds": train_seconds,
+        "train_wall_seconds": train_wall,
         "score_seconds": score_seconds,
         "val_seconds": val_seconds,
         "images": images,
@@ -147,11 +205,11 @@ def t_stddev_batch_size(images: int, group_size: int, epochs: int) -> int:
 
 @torch.no_grad()
 def _forward_epoch_seconds(model: torch.nn.Module, dataset, bundle: DataBundle, batch_size: int) -> float:
-    """Wall seconds of one plain eval-mode forward pass over ``dataset`` (normalisation only): the scoring floor."""
-    start = time.perf_counter()
+    """CPU seconds of one plain eval-mode forward pass over ``dataset`` (normalisation only): the scoring floor."""
+    start = cpu_seconds()
     for images, _ in eval_loader(dataset, bundle, batch_size=batch_size):
         model(images)
-    return time.perf_counter() - start
+    return cpu_seconds() - start
 
 
 def run_teacher_rules(job: Job, work_dir: Path, repeats: int = 3) -> dict:
@@ -170,13 +228,13 @@ def run_teacher_rules(job: Job, work_dir: Path, repeats: int = 3) -> dict:
         kwargs = {"bundle": bundle, "lam": scorer.lam, "temperature": scorer.temperature, "batch_size": scorer.batch_size}
         one_pass_seconds, two_pass_seconds = [], []
         for _ in range(repeats):
-            start = time.perf_counter()
+            start = cpu_seconds()
             score = score_candidate(teacher, dataset, candidate, **kwargs)
-            one_pass_seconds.append(time.perf_counter() - start)
-            start = time.perf_counter()
+            one_pass_seconds.append(cpu_seconds() - start)
+            start = cpu_seconds()
             two_pass = two_pass_score(teacher, dataset, candidate, **kwargs)
-            two_pass_seconds.append(time.perf_counter() - start)
-        start = time.perf_counter()
+            two_pass_seconds.append(cpu_seconds() - start)
+        start = cpu_seconds()
         t_std = teacher_t_stddev(
             teacher,
             dataset,
@@ -186,7 +244,7 @@ def run_teacher_rules(job: Job, work_dir: Path, repeats: int = 3) -> dict:
             group_size=scorer.t_stddev_group,
             epochs=scorer.t_stddev_epochs,
         )
-        t_std_seconds = time.perf_counter() - start
+        t_std_seconds = cpu_seconds() - start
         per_candidate[candidate_id] = {
             "score": score.score,
             "score_ce": score.score_ce,

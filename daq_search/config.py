@@ -187,7 +187,7 @@ class JobSpec(_Strict):
     resources: ResourcesConfig = ResourcesConfig()
     max_concurrent_trials: int = Field(2, ge=1)
     max_failures: int = Field(0, ge=0)
-    objective: str = "score"
+    objective: str = "score_ce"
     storage: str = "runs"
     final: FinalConfig = FinalConfig()
     candidate: CandidateId | None = None
