@@ -277,14 +277,19 @@ def _act_quantizer(method: str, bits: int) -> nn.Module:
     return PACTQuantizer(bits, signed=None)
 
 
+def _attach_quantizers(layer: nn.Module, wbits: int, abits: int, method: str) -> None:
+    """Give a Conv2d/Linear its bit widths and its weight and input-activation quantizers."""
+    layer.wbits, layer.abits, layer.method = wbits, abits, method
+    layer.weight_quantizer = _weight_quantizer(method, wbits)
+    layer.act_quantizer = _act_quantizer(method, abits)
+
+
 class QuantConv2d(nn.Conv2d):
     """``nn.Conv2d`` whose weight and input are fake-quantized to ``wbits`` / ``abits`` before the convolution."""
 
     def __init__(self, *args, wbits: int, abits: int, method: str = "lsq", **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.wbits, self.abits, self.method = wbits, abits, method
-        self.weight_quantizer = _weight_quantizer(method, wbits)
-        self.act_quantizer = _act_quantizer(method, abits)
+        _attach_quantizers(self, wbits, abits, method)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Convolution of the quantized input with the quantized weight (float bias unchanged)."""
@@ -296,9 +301,7 @@ class QuantLinear(nn.Linear):
 
     def __init__(self, *args, wbits: int, abits: int, method: str = "lsq", **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.wbits, self.abits, self.method = wbits, abits, method
-        self.weight_quantizer = _weight_quantizer(method, wbits)
-        self.act_quantizer = _act_quantizer(method, abits)
+        _attach_quantizers(self, wbits, abits, method)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Affine map of the quantized input with the quantized weight (float bias unchanged)."""
