@@ -45,6 +45,7 @@ from .kd import (
     eval_loader,
     evaluate,
     get_teacher,
+    load_state,
     load_teacher,
     make_optimizer,
     make_scheduler,
@@ -255,7 +256,7 @@ def run_trial(config: dict) -> None:
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            state = torch.load(Path(folder) / TRIAL_STATE_FILE, map_location="cpu", weights_only=True)
+            state = load_state(Path(folder) / TRIAL_STATE_FILE, f"checkpoint of trial {candidate.id}")
         student.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
