@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 RUNS ?= runs
 
-.PHONY: install demo test test-fast bench bench-quick clean
+.PHONY: install lint demo test test-fast bench bench-quick clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -19,7 +19,11 @@ demo: $(STAMP)
 	$(VENV)/bin/daq-search search jobs/demo.yaml --storage $(RUNS)
 	$(VENV)/bin/daq-search train $(RUNS)/demo/winner.yaml
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
 	$(VENV)/bin/pytest -q
 
 test-fast: $(STAMP)

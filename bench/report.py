@@ -32,7 +32,9 @@ def regime_tables(summary: dict) -> list[str]:
     lines = [f"### {summary['regime']}", "", summary["description"], ""]
     teacher = summary.get("teacher")
     if teacher:
-        trained = "loaded from an earlier run's cache" if teacher["cached"] else f"trained in {teacher['seconds']:.0f} CPU s"
+        trained = (
+            "loaded from an earlier run's cache" if teacher["cached"] else f"trained in {teacher['seconds']:.0f} CPU s"
+        )
         lines.append(f"Teacher (full precision): test top-1 {100 * teacher['test_top1']:.2f}%, {trained}.")
         lines.append("")
     if not summary.get("complete"):
@@ -47,7 +49,7 @@ def regime_tables(summary: dict) -> list[str]:
                 "| candidate | " + " | ".join(f"seed {s}" for s in done) + " |",
                 "|---|" + "---|" * len(done),
             ]
-            for candidate, row in zip(summary["candidates"], summary["partial_top1_pct"]):
+            for candidate, row in zip(summary["candidates"], summary["partial_top1_pct"], strict=False):
                 lines.append(f"| {candidate} | " + " | ".join(f"{v:.2f}" for v in row) + " |")
             lines.append("")
         return lines
@@ -61,7 +63,9 @@ def regime_tables(summary: dict) -> list[str]:
     order = sorted(range(len(summary["candidates"])), key=lambda i: -summary["mean_pct"][i])
     for i in order:
         per_seed = " | ".join(f"{v:.2f}" for v in summary["top1_pct"][i])
-        lines.append(f"| {summary['candidates'][i]} | {summary['mean_pct'][i]:.2f} | {summary['sd_pct'][i]:.2f} | {per_seed} |")
+        lines.append(
+            f"| {summary['candidates'][i]} | {summary['mean_pct'][i]:.2f} | {summary['sd_pct'][i]:.2f} | {per_seed} |"
+        )
     gate = summary["gate"]
     verdict = "passes" if gate["passes"] else "NOISE (no ranking claim)"
     lines += [
@@ -146,15 +150,15 @@ def scatter_plot(summary: dict, path: Path) -> None:
     rows = max(1, math.ceil(len(rules) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
     names = [_short(c) for c in summary["candidates"]]
-    for ax, rule in zip(axes.flat, rules):
+    for ax, rule in zip(axes.flat, rules, strict=False):
         ax.errorbar(rule["values"], summary["mean_pct"], yerr=summary["sd_pct"], fmt="o", ms=4, capsize=2)
-        for x, y, name in zip(rule["values"], summary["mean_pct"], names):
+        for x, y, name in zip(rule["values"], summary["mean_pct"], names, strict=False):
             ax.annotate(name, (x, y), fontsize=6, xytext=(2, 2), textcoords="offset points")
         better = "lower is better" if rule["mode"] == "min" else "higher is better"
         ax.set_title(f"{rule['rule']}\nrho {rule['rho']:+.2f} ({better})", fontsize=8)
         ax.set_ylabel("final test top-1 (%)", fontsize=7)
         ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(rules):]:
+    for ax in list(axes.flat)[len(rules) :]:
         ax.axis("off")
     fig.suptitle(f"{summary['regime']}: rule value vs final quantized top-1", fontsize=10)
     fig.tight_layout()
@@ -171,8 +175,13 @@ def cost_regret_plot(summaries: list[dict], path: Path) -> None:
         for rule in summary["rules"]:
             x = max(rule["cost_fraction"], floor)
             ax.scatter(x, rule["regret_pp"], marker=markers[index % len(markers)], s=30, label=None)
-            ax.annotate(rule["rule"].replace(" (leave-one-out)", ""), (x, rule["regret_pp"]), fontsize=6,
-                        xytext=(3, 2), textcoords="offset points")
+            ax.annotate(
+                rule["rule"].replace(" (leave-one-out)", ""),
+                (x, rule["regret_pp"]),
+                fontsize=6,
+                xytext=(3, 2),
+                textcoords="offset points",
+            )
         ax.scatter([], [], marker=markers[index % len(markers)], color="gray", label=summary["regime"])
     ax.set_xscale("log")
     ax.set_xlabel(f"compute / one full sweep (log; zero-cost rules drawn at {floor:g})")

@@ -123,7 +123,9 @@ def run_searches(
 def write_outputs(summaries: list[dict], out: Path, quick: bool, wall_seconds: float) -> None:
     """results.json (every number), results.md (tables) and the plots."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"quick": quick, "wall_seconds": wall_seconds, "regimes": summaries}, indent=1))
+    (out / "results.json").write_text(
+        json.dumps({"quick": quick, "wall_seconds": wall_seconds, "regimes": summaries}, indent=1)
+    )
     lines = [
         "# daq-search benchmark: raw tables" + (" (QUICK SMOKE RUN: numbers are not claims)" if quick else ""),
         "",

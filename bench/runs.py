@@ -161,7 +161,9 @@ def run_full(job: Job, work_dir: Path) -> dict:
 def run_trial(job: Job, work_dir: Path) -> dict:
     """The trial budget: a short KD training, then the student's DA score on the scoring set and its val accuracy."""
     regime = job.regime
-    student, images, train_seconds, train_wall = _train_student(regime, job.candidate, job.seed, regime.trial.epochs, work_dir)
+    student, images, train_seconds, train_wall = _train_student(
+        regime, job.candidate, job.seed, regime.trial.epochs, work_dir
+    )
     bundle = _bundle(regime)
     start = cpu_seconds()
     score = score_candidate(
@@ -225,7 +227,12 @@ def run_teacher_rules(job: Job, work_dir: Path, repeats: int = 3) -> dict:
     per_candidate = {}
     for candidate_id in regime.candidates:
         candidate = parse_candidate(candidate_id)
-        kwargs = {"bundle": bundle, "lam": scorer.lam, "temperature": scorer.temperature, "batch_size": scorer.batch_size}
+        kwargs = {
+            "bundle": bundle,
+            "lam": scorer.lam,
+            "temperature": scorer.temperature,
+            "batch_size": scorer.batch_size,
+        }
         one_pass_seconds, two_pass_seconds = [], []
         for _ in range(repeats):
             start = cpu_seconds()

@@ -149,7 +149,9 @@ def one_seed_sweep(top1: np.ndarray) -> SweepAgreement:
         pick = int(np.argmax(top1[:, s]))
         picks.append(pick)
         regrets.append(float(rest.max() - rest[pick]))
-    return SweepAgreement(float(np.mean(rhos)), (min(rhos), max(rhos)), float(np.mean(taus)), float(np.mean(regrets)), tuple(picks))
+    return SweepAgreement(
+        float(np.mean(rhos)), (min(rhos), max(rhos)), float(np.mean(taus)), float(np.mean(regrets)), tuple(picks)
+    )
 
 
 def random_pick_regret(top1: np.ndarray) -> float:

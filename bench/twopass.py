@@ -68,4 +68,6 @@ def two_pass_score(
     seen_idx = seen.nonzero().squeeze(1)
     align = float(-log_centroids[seen_idx, seen_idx].mean())
     cmi, sample_ce = kl_sum / n, ce_sum / n
-    return DAScore(cmi=cmi, align=align, sample_ce=sample_ce, score=align - lam * cmi, score_ce=sample_ce - lam * cmi, n=n)
+    return DAScore(
+        cmi=cmi, align=align, sample_ce=sample_ce, score=align - lam * cmi, score_ce=sample_ce - lam * cmi, n=n
+    )

@@ -357,7 +357,7 @@ class SpaceEntry:
         """Knob settings listed by :meth:`SearchSpace.candidates`: the product of each knob's representatives."""
         names = [knob for knob, _ in self.knobs]
         values = itertools.product(*(domain.representatives() for _, domain in self.knobs))
-        return [dict(zip(names, combination)) for combination in values]
+        return [dict(zip(names, combination, strict=False)) for combination in values]
 
     def suggest(self, trial: Any) -> None:
         """Suggest each searched (not fixed) knob as parameter ``<name>.<knob>``."""
@@ -387,8 +387,7 @@ class SpaceEntry:
         for knob, domain in self.knobs:
             if not domain.contains(args[knob]):
                 return (
-                    f"{self.name}.{knob}={_format_value(args[knob])} is outside the space; "
-                    f"allowed: {domain.describe()}"
+                    f"{self.name}.{knob}={_format_value(args[knob])} is outside the space; allowed: {domain.describe()}"
                 )
         return None
 

@@ -200,7 +200,7 @@ class JobSpec(_Strict):
         return objective
 
     @model_validator(mode="after")
-    def _student_matches_teacher(self) -> "JobSpec":
+    def _student_matches_teacher(self) -> JobSpec:
         if self.student.init == "teacher" and (self.student.model, self.student.width) != (
             self.teacher.model,
             self.teacher.width,

@@ -24,7 +24,9 @@ from .models import create_model
 from .quant import calibrate, quantize
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor, kd: KDConfig) -> torch.Tensor:
+def kd_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor, kd: KDConfig
+) -> torch.Tensor:
     """``gamma * CE(student, targets) + alpha * T^2 * KL(teacher_T || student_T)``, mean over the batch, in nats.
 
     ``targets`` are [B] class indices or [B, C] soft targets (CutMix/MixUp); ``gamma = 0`` is SQAKD's label-free loss.
@@ -62,7 +64,11 @@ def make_optimizer(params, recipe: RecipeConfig) -> torch.optim.Optimizer:
     """The recipe's optimiser (adam, adamw or sgd with Nesterov momentum) over ``params``."""
     if recipe.optimizer == "sgd":
         return torch.optim.SGD(
-            params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay, nesterov=recipe.momentum > 0
+            params,
+            lr=recipe.lr,
+            momentum=recipe.momentum,
+            weight_decay=recipe.weight_decay,
+            nesterov=recipe.momentum > 0,
         )
     cls = torch.optim.AdamW if recipe.optimizer == "adamw" else torch.optim.Adam
     return cls(params, lr=recipe.lr, weight_decay=recipe.weight_decay)

@@ -51,7 +51,9 @@ def _soft_targets(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
         return nn.functional.one_hot(targets.long(), num_classes).double()
     if targets.dim() == 2 and targets.shape[1] == num_classes:
         return targets.double()
-    raise ValueError(f"targets must be [B] class indices or [B, {num_classes}] soft targets, got {tuple(targets.shape)}")
+    raise ValueError(
+        f"targets must be [B] class indices or [B, {num_classes}] soft targets, got {tuple(targets.shape)}"
+    )
 
 
 class ScoreAccumulator:
@@ -76,7 +78,7 @@ class ScoreAccumulator:
         self.ce_sum += float(-(w * log_p).sum())
         self.n += p.shape[0]
 
-    def merge(self, other: "ScoreAccumulator") -> "ScoreAccumulator":
+    def merge(self, other: ScoreAccumulator) -> ScoreAccumulator:
         """Add another accumulator's sums into this one (data-parallel scoring); returns self."""
         if other.num_classes != self.num_classes:
             raise ValueError(f"cannot merge accumulators of {other.num_classes} and {self.num_classes} classes")
@@ -213,7 +215,7 @@ def teacher_t_stddev(
         torch.manual_seed(seed)
         for _ in range(epochs):
             augmented = _scoring_loader(dataset, candidate, bundle, batch_size)
-            for (aug_images, labels), (clean_images, _) in zip(augmented, clean):
+            for (aug_images, labels), (clean_images, _) in zip(augmented, clean, strict=False):
                 if mix is not None:
                     aug_images, _ = mix(aug_images, labels)
                 logits = teacher(torch.cat([aug_images, clean_images]).to(device))

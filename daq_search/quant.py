@@ -396,7 +396,7 @@ def calibrate(model: nn.Module, images: torch.Tensor) -> None:
     finally:
         norms = [module for module in model.modules() if isinstance(module, _BatchNorm)]
         with torch.no_grad():
-            for module, saved in zip(norms, norm_buffers):
+            for module, saved in zip(norms, norm_buffers, strict=False):
                 for name, value in saved.items():
                     getattr(module, name).copy_(value)
         for module, training in modes.items():

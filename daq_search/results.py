@@ -21,7 +21,7 @@ from __future__ import annotations
 import io
 import math
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +102,7 @@ def trials_schema(knob_types: dict[str, str]) -> pa.Schema:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _better(mode: str, new: float, old: float | None) -> bool:
@@ -161,7 +161,7 @@ class TrialTable:
         row = self.trials[trial_id]
         values = {metric: _float(metrics.get(metric)) for metric in REPORTED_METRICS}
         self.epochs[(trial_id, epoch)] = {"trial_id": trial_id, "candidate": row["candidate"], "epoch": epoch, **values}
-        history = sorted((e for (t, e) in self.epochs if t == trial_id))
+        history = sorted(e for (t, e) in self.epochs if t == trial_id)
         row["epochs"] = history[-1]
         for metric, mode in REPORTED_METRICS.items():
             series = [self.epochs[(trial_id, e)][metric] for e in history]
@@ -318,7 +318,7 @@ def format_table(df: pd.DataFrame, fmt: str = "table") -> str:
     widths = [max([len(c)] + [len(row[i]) for row in rows]) for i, c in enumerate(columns)]
     out = io.StringIO()
     for row in [columns] + rows:
-        out.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() + "\n")
+        out.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)).rstrip() + "\n")
     return out.getvalue()
 
 
@@ -335,7 +335,7 @@ def plot_run(run_dir: str | Path, out_png: str | Path, metric: str = "score") ->
     from matplotlib.ticker import MaxNLocator
 
     trials, epochs = read_trials(run_dir), read_epochs(run_dir)
-    status = dict(zip(trials["trial_id"], trials["status"]))
+    status = dict(zip(trials["trial_id"], trials["status"], strict=False))
     fig, (curves, scatter) = plt.subplots(1, 2, figsize=(11, 4.2))
     for trial_id, group in epochs.groupby("trial_id", sort=True):
         group = group.sort_values("epoch")

@@ -6,9 +6,9 @@ import logging
 import os
 import tempfile
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 RAY_QUIET_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",

@@ -449,7 +449,7 @@ def _resume_schedule(scheduler, optimizer: torch.optim.Optimizer, saved: dict, s
     if total is None:
         return
     scheduler.T_max, scheduler.last_epoch = total, step
-    for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
+    for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs, strict=False):
         cosine = (1 + math.cos(math.pi * min(step, total) / total)) / 2
         group["lr"] = scheduler.eta_min + (base_lr - scheduler.eta_min) * cosine
 

@@ -31,8 +31,13 @@ def make_bundle(channels: int, size: int, padding: int = 0, hflip: bool = False,
     mean = (0.5,) if channels == 1 else (0.4914, 0.4822, 0.4465)
     std = (0.25,) if channels == 1 else (0.247, 0.243, 0.261)
     return types.SimpleNamespace(
-        image_size=size, crop_padding=padding, hflip=hflip, mean=mean, std=std,
-        num_classes=num_classes, in_channels=channels,
+        image_size=size,
+        crop_padding=padding,
+        hflip=hflip,
+        mean=mean,
+        std=std,
+        num_classes=num_classes,
+        in_channels=channels,
     )
 
 
@@ -44,6 +49,7 @@ def normalised(image: torch.Tensor, bundle) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- ids and parsing
+
 
 @pytest.mark.parametrize(
     ("candidate", "expected"),
@@ -95,8 +101,11 @@ def test_arguments_are_canonicalised_sorted_and_complete():
 
 def test_knobs_is_a_flat_record():
     assert parse_candidate("randaugment+cutmix").knobs() == {
-        "policy": "randaugment", "randaugment.magnitude": 9, "randaugment.num_ops": 2,
-        "mix": "cutmix", "cutmix.alpha": 1.0,
+        "policy": "randaugment",
+        "randaugment.magnitude": 9,
+        "randaugment.num_ops": 2,
+        "mix": "cutmix",
+        "cutmix.alpha": 1.0,
     }
     assert parse_candidate("trivialaugment").knobs() == {"policy": "trivialaugment", "mix": "none"}
 
@@ -109,17 +118,24 @@ def random_candidate(rng: random.Random) -> Candidate:
             return rng.choice(spec.choices)
         if spec.value_type is int:
             return rng.randint(spec.low, spec.high)
-        number = rng.choice([
-            rng.uniform(spec.low, spec.high), round(rng.uniform(spec.low, spec.high), 2),
-            spec.high, spec.high * 10 ** -rng.randint(1, 9), 0.1 + 0.2,
-        ])
+        number = rng.choice(
+            [
+                rng.uniform(spec.low, spec.high),
+                round(rng.uniform(spec.low, spec.high), 2),
+                spec.high,
+                spec.high * 10 ** -rng.randint(1, 9),
+                0.1 + 0.2,
+            ]
+        )
         return min(number, spec.high)
 
     policy = rng.choice(list(POLICIES))
     mix = rng.choice([None, *MIXES])
     return Candidate(
-        policy, {knob: value(spec) for knob, spec in POLICIES[policy].items()},
-        mix, {knob: value(spec) for knob, spec in MIXES[mix].items()} if mix else {},
+        policy,
+        {knob: value(spec) for knob, spec in POLICIES[policy].items()},
+        mix,
+        {knob: value(spec) for knob, spec in MIXES[mix].items()} if mix else {},
     )
 
 
@@ -144,8 +160,10 @@ def test_parse_inverts_id_for_random_candidates():
         ("trivialaugment+cutmix(alpha=0)", "cutmix.alpha: 0.0 is out of range; allowed: float in (0.0, 10.0]"),
         ("cutmix(alpha=nan)", "cutmix.alpha: nan is out of range; allowed: float in (0.0, 10.0]"),
         ("random_erasing(p=x)", "random_erasing.p: 'x' is not a number; allowed: float in [0.0, 1.0]"),
-        ("autoaugment(policy=cifar100)",
-         "autoaugment.policy: 'cifar100' is not allowed; allowed: one of cifar10, imagenet, svhn"),
+        (
+            "autoaugment(policy=cifar100)",
+            "autoaugment.policy: 'cifar100' is not allowed; allowed: one of cifar10, imagenet, svhn",
+        ),
         ("trivialaugment+randaugment", "unknown mix 'randaugment'; allowed: cutmix, mixup"),
         ("cutmix+mixup", "'cutmix' is a mix and must come second; allowed: "),
         ("none+cutmix+mixup", "more than one '+'; allowed: "),
@@ -178,6 +196,7 @@ def test_direct_construction_is_validated():
 
 # ---------------------------------------------------------------- image transforms
 
+
 def test_none_policy_is_exact_normalisation_without_crop():
     bundle = make_bundle(3, 16, padding=0, hflip=True)
     image = torch.stack([torch.full((16, 16), value, dtype=torch.uint8) for value in (0, 128, 255)])
@@ -205,7 +224,7 @@ def test_base_transform_flips_and_pads_the_crop():
     straight, flipped = normalised(ramp, make_bundle(1, 16)), normalised(ramp.flip(-1), make_bundle(1, 16))
     is_straight = [torch.allclose(out.double(), straight, atol=1e-6) for out in outs]
     is_flipped = [torch.allclose(out.double(), flipped, atol=1e-6) for out in outs]
-    assert all(a != b for a, b in zip(is_straight, is_flipped)) and any(is_straight) and any(is_flipped)
+    assert all(a != b for a, b in zip(is_straight, is_flipped, strict=False)) and any(is_straight) and any(is_flipped)
 
     white = torch.full((3, 32, 32), 255, dtype=torch.uint8)
     bundle = make_bundle(3, 32, padding=4)
@@ -272,11 +291,12 @@ def test_random_erasing_blanks_a_rectangle_after_scaling():
     kept = torch.isclose(out, normalised(torch.full((3, 1, 1), 255), bundle).float(), atol=1e-5)
     assert bool((erased | kept).all()) and bool(erased.any()) and bool(kept.any())
     rows, cols = erased[0].any(dim=1).nonzero().flatten(), erased[0].any(dim=0).nonzero().flatten()
-    box = erased[0, rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    box = erased[0, rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     assert bool(box.all()) and int(erased[0].sum()) == box.numel()
 
 
 # ---------------------------------------------------------------- batch mixes
+
 
 def test_no_mix_builds_nothing():
     assert build_batch_mix(Candidate("trivialaugment"), 10) is None
@@ -366,8 +386,12 @@ def test_list_space_with_optuna_round_trips():
 
 
 SEARCHED = {
-    "randaugment.num_ops": (1, 3), "randaugment.magnitude": (1, 15), "augmix.severity": (1, 5),
-    "random_erasing.p": (0.1, 0.9), "cutmix.alpha": (0.2, 2.0), "mixup.alpha": (0.1, 1.0),
+    "randaugment.num_ops": (1, 3),
+    "randaugment.magnitude": (1, 15),
+    "augmix.severity": (1, 5),
+    "random_erasing.p": (0.1, 0.9),
+    "cutmix.alpha": (0.2, 2.0),
+    "mixup.alpha": (0.1, 1.0),
 }
 
 
@@ -416,7 +440,9 @@ def write(tmp_path: Path, text: str, name: str = "space.yaml") -> Path:
 
 
 def test_fixed_knobs_are_not_suggested_but_filled_in(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
 name: fixed
 policies:
   augmix: {severity: 4}
@@ -426,7 +452,8 @@ policies:
 mixes:
   cutmix: {alpha: 0.5}
 allow_no_mix: false
-""")
+""",
+    )
     space = load_search_space(path)
     assert [c.id for c in space.candidates()] == [
         "augmix(severity=4)+cutmix(alpha=0.5)",
@@ -443,12 +470,15 @@ allow_no_mix: false
         assert trial.params["mix"] == "cutmix"
         candidate = space.candidate_from_params(trial.params)
         assert candidate.mix_args == (("alpha", 0.5),)
-        assert dict(candidate.policy_args) == {
-            "augmix": {"severity": 4},
-            "randaugment": {"magnitude": 5, "num_ops": trial.params.get("randaugment.num_ops")},
-            "autoaugment": {"policy": "cifar10"},
-            "random_erasing": {"p": trial.params.get("random_erasing.p")},
-        }[candidate.policy]
+        assert (
+            dict(candidate.policy_args)
+            == {
+                "augmix": {"severity": 4},
+                "randaugment": {"magnitude": 5, "num_ops": trial.params.get("randaugment.num_ops")},
+                "autoaugment": {"policy": "cifar10"},
+                "random_erasing": {"p": trial.params.get("random_erasing.p")},
+            }[candidate.policy]
+        )
         study.tell(trial, 0.0)
 
 
@@ -478,8 +508,10 @@ def test_candidates_outside_a_structured_space_are_rejected():
 
 MALFORMED = [
     ("name: x\npolicies: {randaugment: {num_ops: 2}\n", "line 3, column 1: malformed YAML: "),
-    ("name: x\npolicies:\n  randaugment: {}\n  randaugment: {}\n",
-     "line 4, column 3: malformed YAML: duplicate key 'randaugment'"),
+    (
+        "name: x\npolicies:\n  randaugment: {}\n  randaugment: {}\n",
+        "line 4, column 3: malformed YAML: duplicate key 'randaugment'",
+    ),
     ("", "top level: expected a mapping; allowed keys: name, candidates, policies, mixes, allow_no_mix"),
     ("- none\n", "top level: expected a mapping"),
     ("name: x\npolicy: {none: {}}\n", "policy: unknown key; allowed: name, candidates, policies, mixes, allow_no_mix"),
@@ -487,42 +519,68 @@ MALFORMED = [
     ("name: x\n", "policies: missing; allowed: 'candidates' (a list) or 'policies' (a mapping)"),
     ("name: x\ncandidates: [none]\nmixes: {}\n", "mixes: cannot be combined with candidates"),
     ("name: x\ncandidates: []\n", "candidates: expected a non-empty list"),
-    ("name: x\ncandidates: [none, randaugmnt]\n",
-     f"candidates[1]: candidate 'randaugmnt': unknown policy 'randaugmnt'; allowed: {POLICY_LIST}"),
+    (
+        "name: x\ncandidates: [none, randaugmnt]\n",
+        f"candidates[1]: candidate 'randaugmnt': unknown policy 'randaugmnt'; allowed: {POLICY_LIST}",
+    ),
     ("name: x\ncandidates: [none, 3]\n", "candidates[1]: 3 is not a string"),
-    ("name: x\ncandidates: [cutmix, none+cutmix(alpha=1)]\n",
-     "candidates[1]: duplicate of candidates[0] (none+cutmix(alpha=1.0)); allowed: each once"),
+    (
+        "name: x\ncandidates: [cutmix, none+cutmix(alpha=1)]\n",
+        "candidates[1]: duplicate of candidates[0] (none+cutmix(alpha=1.0)); allowed: each once",
+    ),
     ("name: x\npolicies: [none]\n", "policies: expected a mapping of policy name -> knobs"),
     ("name: x\npolicies: {}\n", "policies: empty; allowed: one or more of"),
     ("name: x\npolicies: {randaug: {}}\n", f"policies.randaug: unknown policy; allowed: {POLICY_LIST}"),
     ("name: x\npolicies: {none: {}}\nmixes: {cutmx: {}}\n", "mixes.cutmx: unknown mix; allowed: cutmix, mixup"),
     ("name: x\npolicies: {trivialaugment: 3}\n", "policies.trivialaugment: expected a mapping of knob -> values"),
     ("name: x\npolicies: {randaugment: {n: 2}}\n", "policies.randaugment.n: unknown knob; allowed: magnitude, num_ops"),
-    ("name: x\npolicies: {randaugment: {num_ops: {low: 0, high: 3}}}\n",
-     "policies.randaugment.num_ops.low: 0 is out of range; allowed: integer in [1, 5]"),
-    ("name: x\npolicies: {randaugment: {magnitude: {low: 9, high: 2}}}\n",
-     "policies.randaugment.magnitude: low 9 > high 2; allowed: low <= high"),
+    (
+        "name: x\npolicies: {randaugment: {num_ops: {low: 0, high: 3}}}\n",
+        "policies.randaugment.num_ops.low: 0 is out of range; allowed: integer in [1, 5]",
+    ),
+    (
+        "name: x\npolicies: {randaugment: {magnitude: {low: 9, high: 2}}}\n",
+        "policies.randaugment.magnitude: low 9 > high 2; allowed: low <= high",
+    ),
     ("name: x\npolicies: {randaugment: {magnitude: {low: 2}}}\n", "policies.randaugment.magnitude: missing 'high'"),
-    ("name: x\npolicies: {randaugment: {magnitude: {low: 2, high: 5, step: 1}}}\n",
-     "policies.randaugment.magnitude: unknown key 'step'; allowed: low, high, log"),
-    ("name: x\npolicies: {augmix: {severity: {low: 1.5, high: 3}}}\n",
-     "policies.augmix.severity.low: 1.5 is not an integer; allowed: integer in [1, 10]"),
-    ("name: x\npolicies: {augmix: {severity: three}}\n",
-     "policies.augmix.severity: 'three' is not an integer; allowed: integer in [1, 10]"),
+    (
+        "name: x\npolicies: {randaugment: {magnitude: {low: 2, high: 5, step: 1}}}\n",
+        "policies.randaugment.magnitude: unknown key 'step'; allowed: low, high, log",
+    ),
+    (
+        "name: x\npolicies: {augmix: {severity: {low: 1.5, high: 3}}}\n",
+        "policies.augmix.severity.low: 1.5 is not an integer; allowed: integer in [1, 10]",
+    ),
+    (
+        "name: x\npolicies: {augmix: {severity: three}}\n",
+        "policies.augmix.severity: 'three' is not an integer; allowed: integer in [1, 10]",
+    ),
     ("name: x\npolicies: {augmix: {severity: }}\n", "policies.augmix.severity: no value; allowed: "),
-    ("name: x\npolicies: {autoaugment: {policy: [cifar10, cifar100]}}\n",
-     "policies.autoaugment.policy[1]: 'cifar100' is not allowed; allowed: one of cifar10, imagenet, svhn"),
-    ("name: x\npolicies: {autoaugment: {policy: [svhn, svhn]}}\n",
-     "policies.autoaugment.policy[1]: duplicate value 'svhn'; allowed: each value once"),
+    (
+        "name: x\npolicies: {autoaugment: {policy: [cifar10, cifar100]}}\n",
+        "policies.autoaugment.policy[1]: 'cifar100' is not allowed; allowed: one of cifar10, imagenet, svhn",
+    ),
+    (
+        "name: x\npolicies: {autoaugment: {policy: [svhn, svhn]}}\n",
+        "policies.autoaugment.policy[1]: duplicate value 'svhn'; allowed: each value once",
+    ),
     ("name: x\npolicies: {autoaugment: {policy: []}}\n", "policies.autoaugment.policy: empty list"),
-    ("name: x\npolicies: {autoaugment: {policy: {low: a, high: b}}}\n",
-     "policies.autoaugment.policy: a range needs a numeric knob"),
-    ("name: x\npolicies: {random_erasing: {p: {low: 0.0, high: 0.5, log: true}}}\n",
-     "policies.random_erasing.p.log: log scale needs low > 0, got 0.0"),
-    ("name: x\npolicies: {random_erasing: {p: {low: 0.1, high: 0.5, log: maybe}}}\n",
-     "policies.random_erasing.p.log: 'maybe' is not a boolean; allowed: true, false"),
-    ("name: x\npolicies: {none: {}}\nmixes: {cutmix: {alpha: {low: 0, high: 1}}}\n",
-     "mixes.cutmix.alpha.low: 0.0 is out of range; allowed: float in (0.0, 10.0]"),
+    (
+        "name: x\npolicies: {autoaugment: {policy: {low: a, high: b}}}\n",
+        "policies.autoaugment.policy: a range needs a numeric knob",
+    ),
+    (
+        "name: x\npolicies: {random_erasing: {p: {low: 0.0, high: 0.5, log: true}}}\n",
+        "policies.random_erasing.p.log: log scale needs low > 0, got 0.0",
+    ),
+    (
+        "name: x\npolicies: {random_erasing: {p: {low: 0.1, high: 0.5, log: maybe}}}\n",
+        "policies.random_erasing.p.log: 'maybe' is not a boolean; allowed: true, false",
+    ),
+    (
+        "name: x\npolicies: {none: {}}\nmixes: {cutmix: {alpha: {low: 0, high: 1}}}\n",
+        "mixes.cutmix.alpha.low: 0.0 is out of range; allowed: float in (0.0, 10.0]",
+    ),
     ("name: x\npolicies: {none: {}}\nallow_no_mix: sometimes\n", "allow_no_mix: 'sometimes' is not a boolean"),
     ("name: x\npolicies: {none: {}}\nallow_no_mix: false\n", "allow_no_mix: false with no mixes leaves no choice"),
 ]

@@ -15,7 +15,9 @@ def test_spearman_and_kendall_match_hand_computed_values():
     # 6 pairs, 1 discordant: tau = (5 - 1) / 6
     assert kendall(np.array([1, 2, 3, 4]), np.array([10, 30, 20, 40])) == pytest.approx(4 / 6)
     # ties share average ranks: a = (1, 1, 2) -> ranks (1.5, 1.5, 3)
-    assert spearman(np.array([1, 1, 2]), np.array([1, 2, 3])) == pytest.approx(np.corrcoef([1.5, 1.5, 3], [1, 2, 3])[0, 1])
+    assert spearman(np.array([1, 1, 2]), np.array([1, 2, 3])) == pytest.approx(
+        np.corrcoef([1.5, 1.5, 3], [1, 2, 3])[0, 1]
+    )
     assert spearman(np.array([1, 1, 1]), np.array([1, 2, 3])) == 0.0
 
 
@@ -60,7 +62,12 @@ def test_quick_benchmark_runs_end_to_end_and_resumes(tmp_path):
     assert top1.shape == (len(regime["candidates"]), len(regime["seeds"]))
     assert ((top1 >= 0) & (top1 <= 100)).all()
     rules = {rule["rule"]: rule for rule in regime["rules"]}
-    for name in ("teacher score (align - cmi)", "T-stddev", "student val accuracy", "1-seed full sweep (leave-one-out)"):
+    for name in (
+        "teacher score (align - cmi)",
+        "T-stddev",
+        "student val accuracy",
+        "1-seed full sweep (leave-one-out)",
+    ):
         assert -1.0 <= rules[name]["rho"] <= 1.0
         assert rules[name]["regret_pp"] >= 0.0
     assert rules["1-seed full sweep (leave-one-out)"]["cost_fraction"] == 1.0

@@ -55,7 +55,11 @@ def test_results_formats_and_plot_without_ray_or_torch(tmp_path):
     def results(*args: str) -> tuple[str, dict]:
         done = subprocess.run(
             [sys.executable, "-c", probe, "results", str(tmp_path), *args],
-            capture_output=True, text=True, timeout=120, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
         status = json.loads(done.stderr.strip().splitlines()[-1])
         assert status["rc"] == 0 and not status["ray"] and not status["torch"], done.stderr
@@ -132,7 +136,11 @@ def test_interrupted_search_resumes_without_losing_or_rerunning_trials(tmp_path)
     log = open(tmp_path / "first.log", "w")
     first = subprocess.Popen(
         [sys.executable, "-m", "daq_search", "search", str(job)],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     try:
         wait_for(lambda: interrupted_mid_trial(run_dir), 300, "a trial running after its first epoch", first)
@@ -178,6 +186,7 @@ def test_train_passes_its_options_to_run_final(tmp_path, monkeypatch):
     import daq_search.train
 
     calls = []
+
     def run_final(spec, *, log, **options):
         calls.append((spec, options))
         return {}
@@ -186,8 +195,10 @@ def test_train_passes_its_options_to_run_final(tmp_path, monkeypatch):
     assert main(["train", "runs/demo", "--workers", "3", "--gpu", "--epochs", "4", "--baseline", "trivialaugment"]) == 0
     assert main(["train", "w.yaml", "--no-baseline", "--address", "auto", "--name", "n", "--storage", "/s"]) == 0
     assert main(["train", "w.yaml"]) == 0
-    assert calls[0] == ("runs/demo", dict(workers=3, use_gpu=True, epochs=4, address=None, name=None, storage=None,
-                                          baseline="trivialaugment"))
+    assert calls[0] == (
+        "runs/demo",
+        dict(workers=3, use_gpu=True, epochs=4, address=None, name=None, storage=None, baseline="trivialaugment"),
+    )
     assert calls[1][1]["baseline"] is None and calls[1][1]["address"] == "auto" and calls[1][1]["storage"] == "/s"
     assert "baseline" not in calls[2][1] and calls[2][1]["use_gpu"] is None  # the spec's final section decides
 
@@ -257,10 +268,23 @@ def start_head(folder: Path, dashboard_port: int | None) -> tuple[subprocess.Pop
     if dashboard_port is not None:
         dashboard = ["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}"]
     head = subprocess.Popen(
-        [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", f"--port={port}",
-         "--node-ip-address=127.0.0.1", "--num-cpus=2", f"--temp-dir={head_temp(port)}",
-         "--disable-usage-stats", *dashboard],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=folder,
+        [
+            str(Path(sys.executable).with_name("ray")),
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            "--node-ip-address=127.0.0.1",
+            "--num-cpus=2",
+            f"--temp-dir={head_temp(port)}",
+            "--disable-usage-stats",
+            *dashboard,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=folder,
     )
     return head, port, env
 
@@ -335,8 +359,13 @@ def test_submit_to_a_local_head_runs_the_search(local_head_with_jobs_api, tmp_pa
     folder = ROOT / "tests" / f".submit-{os.getpid()}"  # the job must lie inside the uploaded project folder
     folder.mkdir()
     try:
-        job = write_job(folder, "submitted", storage=str(tmp_path / "runs"),
-                        searcher={"num_samples": 2}, trial={"epochs": 1, "batch_size": 50})
+        job = write_job(
+            folder,
+            "submitted",
+            storage=str(tmp_path / "runs"),
+            searcher={"num_samples": 2},
+            trial={"epochs": 1, "batch_size": 50},
+        )
         done = run_cli("submit", str(job), "--address", address, "--wait", timeout=500, env=env)
     finally:
         for path in sorted(folder.rglob("*"), reverse=True):

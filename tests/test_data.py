@@ -59,10 +59,10 @@ def test_digits_pixels_match_sklearn():
     bundle = load_data(DataSpec("digits", image_size=8, val_per_class=0))
     expected = {
         bytes(np.rint(image * 255 / 16).astype(np.uint8).tobytes()): int(label)
-        for image, label in zip(digits.images, digits.target)
+        for image, label in zip(digits.images, digits.target, strict=False)
     }
     for split in (bundle.train, bundle.test):
-        for image, label in zip(split.images, split.labels.tolist()):
+        for image, label in zip(split.images, split.labels.tolist(), strict=False):
             assert expected[bytes(image.numpy())] == label
 
 

@@ -63,7 +63,9 @@ def test_soft_targets_match_two_pass():
     gen = torch.Generator().manual_seed(4)
     a, b = torch.randint(0, 5, (150,), generator=gen), torch.randint(0, 5, (150,), generator=gen)
     lam_mix = torch.rand(150, generator=gen, dtype=torch.float64)
-    soft = lam_mix[:, None] * torch.nn.functional.one_hot(a, 5) + (1 - lam_mix[:, None]) * torch.nn.functional.one_hot(b, 5)
+    soft = lam_mix[:, None] * torch.nn.functional.one_hot(a, 5) + (1 - lam_mix[:, None]) * torch.nn.functional.one_hot(
+        b, 5
+    )
     expected = two_pass_numpy(probs.numpy(), soft.numpy())
     s = da_score(probs, soft, 5)
     for key, value in expected.items():
@@ -130,8 +132,13 @@ def test_t_stddev_hand_computed():
 
 def test_t_stddev_accumulator_groups_batches_and_drops_partial_group():
     acc = TStddevAccumulator(group_size=2)
-    batches = [torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, 0.0]]),
-               torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])]
+    batches = [
+        torch.tensor([[1.0, 0.0]]),
+        torch.tensor([[0.0, 1.0]]),
+        torch.tensor([[1.0, 0.0]]),
+        torch.tensor([[1.0, 0.0]]),
+        torch.tensor([[0.0, 1.0]]),
+    ]
     for b in batches:
         acc.update(b)
     # groups: mean([1,0],[0,1]) = [.5,.5]; mean([1,0],[1,0]) = [1,0]; the 5th batch is a partial group

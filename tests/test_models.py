@@ -103,8 +103,12 @@ def test_unknown_model_names_the_allowed_ones():
 
 @pytest.mark.parametrize(
     ("kwargs", "field"),
-    [({"width": 0.0}, "width"), ({"image_size": 4}, "image_size"), ({"num_classes": 0}, "num_classes"),
-     ({"in_channels": 0}, "in_channels")],
+    [
+        ({"width": 0.0}, "width"),
+        ({"image_size": 4}, "image_size"),
+        ({"num_classes": 0}, "num_classes"),
+        ({"in_channels": 0}, "in_channels"),
+    ],
 )
 def test_out_of_range_arguments_raise(kwargs, field):
     arguments = {"num_classes": 10, **kwargs}

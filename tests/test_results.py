@@ -49,8 +49,11 @@ def filled_run(run_dir) -> TrialTable:
     for epoch, score in enumerate([0.5, 0.2, 0.3], start=1):
         table.add_epoch("a", epoch, metrics(score, 0.5 + 0.1 * epoch), seconds=2.0 * epoch)
     table.end("a")
-    table.start("b", "randaugment(magnitude=9,num_ops=2)+cutmix(alpha=1.0)",
-                {"policy": "randaugment", "randaugment.num_ops": 2, "mix": "cutmix", "cutmix.alpha": 1.0})
+    table.start(
+        "b",
+        "randaugment(magnitude=9,num_ops=2)+cutmix(alpha=1.0)",
+        {"policy": "randaugment", "randaugment.num_ops": 2, "mix": "cutmix", "cutmix.alpha": 1.0},
+    )
     table.add_epoch("b", 1, metrics(0.1, 0.4), seconds=1.5)
     table.end("b")
     table.start("c", "none", {"policy": "none", "mix": "none"})
@@ -94,7 +97,7 @@ def test_files_have_the_explicit_schemas(tmp_path):
     assert pq.read_schema(tmp_path / EPOCHS_FILE).remove_metadata() == EPOCHS_SCHEMA
     epochs = read_epochs(tmp_path)
     expected = [("a", 1), ("a", 2), ("a", 3), ("b", 1), ("d", 1), ("d", 2)]
-    assert list(zip(epochs["trial_id"], epochs["epoch"])) == expected
+    assert list(zip(epochs["trial_id"], epochs["epoch"], strict=False)) == expected
 
 
 def test_reload_keeps_rows_and_a_resumed_trial_continues(tmp_path):

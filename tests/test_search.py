@@ -98,7 +98,7 @@ def test_tables_match_their_schemas_and_each_other(finished_search):
     assert pq.read_schema(outcome.run_dir / "trial_epochs.parquet").remove_metadata() == EPOCHS_SCHEMA
     trials, epochs = read_trials(outcome.run_dir), read_epochs(outcome.run_dir)
     counted = epochs.groupby("trial_id")["epoch"].max()
-    assert counted.to_dict() == dict(zip(trials["trial_id"], trials["epochs"]))
+    assert counted.to_dict() == dict(zip(trials["trial_id"], trials["epochs"], strict=False))
     last = epochs.sort_values("epoch").groupby("trial_id").last()
     for _, row in trials.iterrows():
         assert last.loc[row["trial_id"], "score"] == pytest.approx(row["score_last"])
