@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torchvision.transforms import v2
 
 from daq_search.errors import DaqSearchError
+from daq_search.files import read_yaml
 
 
 @dataclass(frozen=True)
@@ -509,41 +509,6 @@ TOP_LEVEL_KEYS = ("name", "candidates", "policies", "mixes", "allow_no_mix")
 RANGE_KEYS = ("low", "high", "log")
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that rejects a mapping key given twice (plain PyYAML keeps the last silently)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen = set()
-        for key_node, _ in node.value:
-            if isinstance(key_node, yaml.ScalarNode):
-                key = self.construct_object(key_node, deep=deep)
-                if key in seen:
-                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
-                seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
-def _read_yaml(path: Path) -> Any:
-    """The parsed YAML document at ``path``; a one-line DaqSearchError if it is missing or malformed."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DaqSearchError(f"{path}: no such file; allowed: a search-space YAML file") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise DaqSearchError(f"{path}: cannot read ({error}); allowed: a UTF-8 YAML file") from None
-    try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)
-    except yaml.MarkedYAMLError as error:
-        mark = error.problem_mark
-        problem = error.problem or error.context or "malformed"
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "document"
-        allowed = "valid YAML, each key once"
-        raise DaqSearchError(f"{path}: {where}: malformed YAML: {problem}; allowed: {allowed}") from None
-    except yaml.YAMLError as error:
-        problem = " ".join(str(error).split())
-        raise DaqSearchError(f"{path}: malformed YAML: {problem}; allowed: a YAML mapping") from None
-
-
 def _knob_domain(spec: KnobSpec, raw: Any, where: str) -> KnobDomain:
     """The domain a YAML knob value describes: a scalar fixes the knob, a list gives choices, a mapping
     ``{low, high, log}`` a numeric range."""
@@ -644,7 +609,7 @@ def load_search_space(path: str | Path) -> SearchSpace:
     low > high, wrong type) raises one DaqSearchError line ``<file>: <key path>: <problem>; allowed: ...``.
     """
     path = Path(path)
-    document = _read_yaml(path)
+    document = read_yaml(path, "a search-space YAML file")
     if not isinstance(document, Mapping):
         raise DaqSearchError(f"{path}: top level: expected a mapping; allowed keys: {', '.join(TOP_LEVEL_KEYS)}")
     for key in document:

@@ -12,14 +12,39 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .augment import Candidate, SearchSpace, load_search_space, parse_candidate
 from .data import DATASETS, DataSpec
 from .errors import DaqSearchError
+from .files import check_run_name, clip, read_yaml
 from .metric import METRIC_MODES
 from .models import list_models
 from .quant import QUANT_METHODS
+
+
+MAX_EPOCHS = 10_000
+MAX_NUM_SAMPLES = 100_000
+
+
+def _run_name(name: str) -> str:
+    try:
+        return check_run_name(name)
+    except DaqSearchError as err:
+        raise ValueError(str(err).removeprefix("name: ")) from None
+
+
+RunName = Annotated[str, AfterValidator(_run_name)]
+"""A run name: the one rule of :func:`daq_search.files.check_run_name`."""
 
 
 class _Strict(BaseModel):
@@ -33,10 +58,10 @@ class DataConfig(_Strict):
 
     name: str = "digits"
     root: str | None = None
-    image_size: int | None = Field(None, ge=8, le=512)
-    train_per_class: int | None = Field(None, ge=1)
-    val_per_class: int = Field(10, ge=1)
-    seed: int = 0
+    image_size: StrictInt | None = Field(None, ge=8, le=512)
+    train_per_class: StrictInt | None = Field(None, ge=1)
+    val_per_class: StrictInt = Field(10, ge=1)
+    seed: StrictInt = 0
 
     @field_validator("name")
     @classmethod
@@ -53,8 +78,8 @@ class DataConfig(_Strict):
 class RecipeConfig(_Strict):
     """How a model is trained: epochs, batch size, optimiser and learning-rate schedule."""
 
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(128, ge=1)
+    epochs: StrictInt = Field(10, ge=1, le=MAX_EPOCHS)
+    batch_size: StrictInt = Field(128, ge=1)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
@@ -88,7 +113,7 @@ class TeacherConfig(_Strict):
     checkpoint: str | None = None
     augment: CandidateId = "none"
     recipe: RecipeConfig = RecipeConfig(epochs=30)
-    seed: int = 0
+    seed: StrictInt = 0
 
 
 class StudentConfig(_Strict):
@@ -103,9 +128,9 @@ class QuantConfig(_Strict):
     """Fake-quantisation of the student: method and bit widths (first conv and last linear get ``first_last_bits``)."""
 
     method: str = "lsq"
-    wbits: int = Field(2, ge=2, le=8)
-    abits: int = Field(2, ge=2, le=8)
-    first_last_bits: int | None = Field(8, ge=2, le=8)
+    wbits: StrictInt = Field(2, ge=2, le=8)
+    abits: StrictInt = Field(2, ge=2, le=8)
+    first_last_bits: StrictInt | None = Field(8, ge=2, le=8)
 
     @field_validator("method")
     @classmethod
@@ -128,17 +153,17 @@ class ScorerConfig(_Strict):
 
     lam: float = Field(1.0, ge=0)
     temperature: float = Field(1.0, gt=0)
-    subset: int = Field(512, ge=20)
-    batch_size: int = Field(256, ge=1)
-    t_stddev_group: int = Field(5, ge=1)
-    t_stddev_epochs: int = Field(2, ge=1)
+    subset: StrictInt = Field(512, ge=20)
+    batch_size: StrictInt = Field(256, ge=1)
+    t_stddev_group: StrictInt = Field(5, ge=1)
+    t_stddev_epochs: StrictInt = Field(2, ge=1)
 
 
 class SearcherConfig(_Strict):
     """Optuna TPE: seed, number of trials, and known-good candidates to evaluate first."""
 
-    seed: int = 0
-    num_samples: int = Field(12, ge=1)
+    seed: StrictInt = 0
+    num_samples: StrictInt = Field(12, ge=1, le=MAX_NUM_SAMPLES)
     points_to_evaluate: list[CandidateId] = []
 
 
@@ -146,7 +171,7 @@ class SchedulerConfig(_Strict):
     """ASHA early stopping on the objective (``enabled: false`` runs every trial to its budget)."""
 
     enabled: bool = True
-    grace_period: int = Field(1, ge=1)
+    grace_period: StrictInt = Field(1, ge=1)
     reduction_factor: float = Field(2.0, gt=1)
 
 
@@ -161,7 +186,7 @@ class FinalConfig(_Strict):
     """The final distributed QAT+KD training of the winner."""
 
     recipe: RecipeConfig = RecipeConfig(epochs=30)
-    workers: int = Field(2, ge=1)
+    workers: StrictInt = Field(2, ge=1)
     use_gpu: bool = False
     baseline: CandidateId | None = "none"
 
@@ -173,7 +198,7 @@ class JobSpec(_Strict):
     ``teacher.checkpoint`` set to the teacher the search used.
     """
 
-    name: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
+    name: RunName
     data: DataConfig = DataConfig()
     teacher: TeacherConfig = TeacherConfig()
     student: StudentConfig = StudentConfig()
@@ -185,8 +210,8 @@ class JobSpec(_Strict):
     searcher: SearcherConfig = SearcherConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     resources: ResourcesConfig = ResourcesConfig()
-    max_concurrent_trials: int = Field(2, ge=1)
-    max_failures: int = Field(0, ge=0)
+    max_concurrent_trials: StrictInt = Field(2, ge=1)
+    max_failures: StrictInt = Field(0, ge=0)
     objective: str = "score_ce"
     storage: str = "runs"
     final: FinalConfig = FinalConfig()
@@ -243,7 +268,7 @@ def _format_error(source: str, err: ValidationError) -> str:
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] in ("missing",):
         return f"{source}: {loc}: required field is missing"
-    return f"{source}: {loc}: {msg} (got {first.get('input')!r})"
+    return f"{source}: {loc}: {msg} (got {clip(first.get('input'))})"
 
 
 def _resolve(base: Path, path: str | None) -> str | None:
@@ -285,14 +310,7 @@ def job_from_dict(raw: Any, source: str, base_dir: Path) -> JobSpec:
 def load_job(path: str | Path) -> JobSpec:
     """Read and validate a job (or winner) YAML file."""
     path = Path(path)
-    if not path.is_file():
-        raise DaqSearchError(f"{path}: no such job file")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise DaqSearchError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+    raw = read_yaml(path, "a job YAML file")
     return job_from_dict(raw, str(path), path.resolve().parent)
 
 

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
+import socket
+import stat
 import tempfile
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
+
+from .errors import DaqSearchError
+from .files import clip
 
 RAY_QUIET_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
@@ -23,20 +30,111 @@ RAY_QUIET_ENV = {
 worker-group start timeout long enough for a busy 2-core machine (Ray's default is 60 s)."""
 
 
+TEMP_DIR_MODE = 0o700
+PROBE_TIMEOUT_S = 5.0
+"""How long ``--address`` may take to accept a TCP connection before the run fails (nothing is written before)."""
+
+
 def local_temp_dir() -> Path:
-    """A short folder for an embedded Ray's sessions (Ray's socket paths must stay under ~107 characters)."""
+    """A short private folder for an embedded Ray's sessions (Ray's socket paths must stay under ~107 characters).
+
+    ``daq-ray-<uid>`` under the system temp folder, created mode 0700; a symlink there, a folder owned by another
+    user is refused (a one-line DaqSearchError), since Ray keeps its session files and sockets in it; one of
+    ours with a wider mode (made by an older version) is set back to 0700.
+    """
     path = Path(tempfile.gettempdir()) / f"daq-ray-{os.getuid()}"
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(mode=TEMP_DIR_MODE)
+    except FileExistsError:
+        pass
+    except OSError as err:
+        raise DaqSearchError(f"Ray temp folder: {path}: cannot create ({err.strerror})") from None
+    info = path.lstat()
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise DaqSearchError(f"Ray temp folder: {path} is not a plain folder (a symlink or file); remove it")
+    if info.st_uid != os.getuid():
+        raise DaqSearchError(f"Ray temp folder: {path} belongs to uid {info.st_uid}, not to you; remove it")
+    if stat.S_IMODE(info.st_mode) != TEMP_DIR_MODE:
+        os.chmod(path, TEMP_DIR_MODE, follow_symlinks=False)
     return path
+
+
+def check_address(address: str | None, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """Fail fast (one line) when nothing accepts a TCP connection at ``address`` (``HOST:PORT`` or
+    ``ray://HOST:PORT``) within ``timeout_s`` seconds; Ray itself would retry for minutes. ``None`` (embedded Ray)
+    and ``auto`` (Ray finds the local cluster) are not probed."""
+    if address is None or address == "auto":
+        return
+    parsed = urlsplit(address if "://" in address else f"gcs://{address}")
+    try:
+        host, port = parsed.hostname, parsed.port
+    except ValueError:
+        host, port = None, None
+    if not host or port is None:
+        raise DaqSearchError(f"--address: {clip(address)} is not HOST:PORT; allowed: HOST:PORT, ray://HOST:PORT, auto")
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise DaqSearchError(
+            f"--address: nothing accepts connections at {host}:{port} ({reason}); start the cluster or fix the address"
+        ) from None
+
+
+@contextmanager
+def _embedded_env() -> Iterator[None]:
+    """Token authentication on (and the unauthenticated metrics server off) for an embedded Ray, with a fresh random token: set in this process's environment
+    (inherited by Ray's processes, readable only by this user) and never written to a file; the previous values
+    come back when the body ends."""
+    from ray._private import ray_constants
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    saved = {key: os.environ.get(key) for key in EMBEDDED_ENV}
+    cluster_ip = ray_constants.ENABLE_RAY_CLUSTER
+    # Ray turns a node address of 127.0.0.1 into the machine's routable one unless this is off; off, the node
+    # address stays loopback, so its HTTP agents and metrics servers bind 127.0.0.1 (its gRPC servers bind every
+    # interface whatever the address, and are covered by the token).
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    os.environ["RAY_enable_metrics_collection"] = "0"
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = cluster_ip
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
+
+
+EMBEDDED_ENV = (
+    "RAY_AUTH_MODE",
+    "RAY_AUTH_TOKEN",
+    "RAY_AUTH_TOKEN_PATH",
+    "RAY_enable_metrics_collection",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER",
+)
+"""Set for an embedded Ray's session only: token auth with a fresh token, no Prometheus metrics server, and a
+loopback node address."""
 
 
 @contextmanager
 def ray_session(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None) -> Iterator[None]:
-    """Run the body with Ray up: connect to ``address`` (a cluster), or start an embedded loopback-only Ray.
+    """Run the body with Ray up: connect to ``address`` (a cluster), or start an embedded single-machine Ray.
 
-    The embedded Ray binds 127.0.0.1, has token auth off (nothing else can reach it), no dashboard and no usage
-    stats; its CPUs default to the machine's. With ``address``, Ray's own ``RAY_AUTH_TOKEN`` is honoured. Ray is
-    shut down when the body ends, also on errors and Ctrl-C.
+    The embedded Ray has Ray's token authentication on with a fresh random 256-bit token per session (kept only
+    in the environment of this process and Ray's own), asks Ray to bind 127.0.0.1, keeps its files in the private
+    :func:`local_temp_dir`, and has no dashboard and no usage stats; its CPUs default to the machine's. With
+    ``address``, that address is probed first (:func:`check_address`) and Ray's own ``RAY_AUTH_TOKEN`` is
+    honoured. Ray is shut down when the body ends, also on errors and Ctrl-C.
     """
     import ray
 
@@ -46,21 +144,24 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, num_gpu
     if ray.is_initialized():
         yield
         return
-    if address is None:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(
-            num_cpus=num_cpus,
-            num_gpus=num_gpus,
-            include_dashboard=False,
-            _temp_dir=str(local_temp_dir()),
-            _node_ip_address="127.0.0.1",
-            logging_level=logging.WARNING,
-            log_to_driver=True,
-            configure_logging=True,
-        )
-    else:
-        ray.init(address=address, logging_level=logging.WARNING)
-    try:
-        yield
-    finally:
-        ray.shutdown()
+    with ExitStack() as stack:
+        if address is None:
+            temp_dir = local_temp_dir()
+            stack.enter_context(_embedded_env())
+            ray.init(
+                num_cpus=num_cpus,
+                num_gpus=num_gpus,
+                include_dashboard=False,
+                _temp_dir=str(temp_dir),
+                _node_ip_address="127.0.0.1",
+                logging_level=logging.WARNING,
+                log_to_driver=True,
+                configure_logging=True,
+            )
+        else:
+            check_address(address)
+            ray.init(address=address, logging_level=logging.WARNING)
+        try:
+            yield
+        finally:
+            ray.shutdown()
