@@ -31,9 +31,11 @@ def _log(line: str) -> None:
 
 def _search(args: argparse.Namespace) -> int:
     from .results import TRIALS_FILE
+    from .runtime import check_address
     from .search import plan_search, run_search, top_table
 
     plan = plan_search(args.job, storage=args.storage, name=args.name)
+    check_address(args.address)
     interrupted = f"interrupted; rows so far are in {plan.run_dir / TRIALS_FILE}; continue with --resume"
     try:
         outcome = run_search(plan, address=args.address, resume=args.resume, log=_log)
@@ -80,7 +82,15 @@ def _score(args: argparse.Namespace) -> int:
 def _submit(args: argparse.Namespace) -> int:
     from .search import submit_search
 
-    _, status = submit_search(args.job, args.address, storage=args.storage, name=args.name, wait=args.wait, log=_log)
+    _, status = submit_search(
+        args.job,
+        args.address,
+        storage=args.storage,
+        name=args.name,
+        wait=args.wait,
+        allow_plain_http=args.allow_plain_http,
+        log=_log,
+    )
     return 0 if status in (None, "SUCCEEDED") else 1
 
 
@@ -165,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--storage", help="override the job's storage (a folder shared by all nodes)")
     submit.add_argument("--name", help="override the job's run name")
     submit.add_argument("--wait", action="store_true", help="wait for the job; exit 1 unless it succeeded")
+    submit.add_argument(
+        "--allow-plain-http",
+        action="store_true",
+        help="send RAY_AUTH_TOKEN over plain http to a non-loopback host (only on a network you trust)",
+    )
     submit.set_defaults(func=_submit)
 
     train = commands.add_parser("train", help="train the winner to the end with Ray Train")

@@ -31,7 +31,6 @@ from .metric import METRIC_MODES
 from .models import list_models
 from .quant import QUANT_METHODS
 
-
 MAX_EPOCHS = 10_000
 MAX_NUM_SAMPLES = 100_000
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import codecs
 import gzip
 import importlib.util
+import math
 import os
 import pickle
 from collections.abc import Callable, Sequence
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from importlib.resources import files
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -334,19 +335,54 @@ for _core in ("numpy.core", "numpy._core"):
     _PICKLE_GLOBALS[(f"{_core}.numeric", "_frombuffer")] = _np_numeric._frombuffer
 
 
+def _check_array_bytes(shape: Any, dtype: Any, limit: int) -> None:
+    """Refuse an array allocation of more than ``limit`` bytes (a pickle can ask for any shape in a few bytes)."""
+    dims = (shape,) if isinstance(shape, int) else shape
+    if not isinstance(dims, tuple) or not all(isinstance(d, int) and d >= 0 for d in dims):
+        raise pickle.UnpicklingError(f"array shape {str(shape)[:80]} is not a tuple of sizes")
+    size = math.prod(dims) * np.dtype(dtype).itemsize
+    if size > limit:
+        raise pickle.UnpicklingError(f"an array of {size} bytes does not fit in a file of {limit} bytes")
+
+
 class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """An unpickler that rebuilds plain Python containers and numpy arrays / scalars and refuses any other global."""
+    """An unpickler that rebuilds plain Python containers and numpy arrays / scalars and refuses any other global,
+    and any array larger than the file it comes from (``limit`` bytes)."""
+
+    def __init__(self, file: BinaryIO, limit: int):
+        super().__init__(file, encoding="latin1")
+        self.limit = limit
 
     def find_class(self, module: str, name: str) -> object:
         try:
-            return _PICKLE_GLOBALS[(module, name)]
+            found = _PICKLE_GLOBALS[(module, name)]
         except KeyError:
             raise pickle.UnpicklingError(f"refusing to load global {module}.{name}") from None
+        if found is np.ndarray:
+            return self._ndarray
+        if found is _np_multiarray._reconstruct:
+            return self._reconstruct
+        return found
+
+    def _ndarray(self, shape: Any, dtype: Any = float, *args: Any, **kwargs: Any) -> np.ndarray:
+        _check_array_bytes(shape, dtype, self.limit)
+        return np.ndarray(shape, dtype, *args, **kwargs)
+
+    def _reconstruct(self, subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+        if subtype != self._ndarray:
+            raise pickle.UnpicklingError("only numpy.ndarray arrays are allowed")
+        _check_array_bytes(shape, dtype, self.limit)
+        return _np_multiarray._reconstruct(np.ndarray, shape, dtype)
 
 
-def _read_numpy_pickle(file: BinaryIO) -> object:
-    """Unpickle `file` allowing only Python containers and numpy arrays (Python 2 strings decoded as latin-1)."""
-    return _NumpyOnlyUnpickler(file, encoding="latin1").load()
+def _read_numpy_pickle(file: BinaryIO, limit: int | None = None) -> object:
+    """Unpickle `file` allowing only Python containers and numpy arrays of at most ``limit`` bytes (default: the
+    file's size); Python 2 strings are decoded as latin-1."""
+    if limit is None:
+        start = file.tell()
+        limit = file.seek(0, os.SEEK_END) - start
+        file.seek(start)
+    return _NumpyOnlyUnpickler(file, limit).load()
 
 
 def _digits_images(image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -378,10 +414,14 @@ def _animal_images(image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return _resize_all(images, image_size), torch.from_numpy(np.asarray(labels, dtype=np.int64))
 
 
+PACKAGED_PICKLE_LIMIT = 1 << 28
+"""The largest array (bytes) read from a gzip-compressed package resource (its file size says nothing)."""
+
+
 def _read_gzipped_numpy_pickle(resource: Traversable) -> object:
     """`_read_numpy_pickle` of a gzip-compressed package resource."""
     with resource.open("rb") as raw, gzip.GzipFile(fileobj=raw) as file:
-        return _read_numpy_pickle(file)
+        return _read_numpy_pickle(file, PACKAGED_PICKLE_LIMIT)
 
 
 @dataclass(frozen=True)
@@ -427,8 +467,18 @@ def _read_cifar_batch(path: Path, layout: _CifarLayout) -> tuple[torch.Tensor, t
     try:
         with open(path, "rb") as file:
             entry = _read_numpy_pickle(file)
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as error:
-        raise DaqSearchError(f"data.root: {path} is not a readable {layout.title} pickle ({error})") from None
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        MemoryError,
+        LookupError,
+        AttributeError,
+        OverflowError,
+    ) as error:
+        reason = str(error)[:200] or type(error).__name__
+        raise DaqSearchError(f"data.root: {path} is not a readable {layout.title} pickle ({reason})") from None
     expected = f"a dict with 'data' (uint8 [N, 3072]) and '{layout.label_key}' (N labels 0..{layout.num_classes - 1})"
     if not isinstance(entry, dict) or "data" not in entry or layout.label_key not in entry:
         raise DaqSearchError(f"data.root: {path} is not {expected}")

@@ -82,19 +82,21 @@ def remove_stale_temps(path: str | Path) -> None:
 
 
 def check_writable_folder(folder: str | Path, field: str) -> Path:
-    """``folder`` as an absolute path, created if missing, after proving it writable by creating and deleting a
-    probe file (permission bits alone say nothing for root); else a DaqSearchError naming ``field``."""
+    """``folder`` as an absolute path, after proving that it (or, when it does not exist yet, its nearest existing
+    parent) is a folder one can write to, by creating and deleting a probe file there (permission bits say nothing
+    for root); else a DaqSearchError naming ``field``. Nothing is left behind."""
     folder = Path(folder).expanduser().resolve()
-    for parent in (folder, *folder.parents):
-        if parent.exists() and not parent.is_dir():
-            raise DaqSearchError(f"{field}: {folder}: {parent} is a file, not a folder; allowed: a writable folder")
+    existing = next(path for path in (folder, *folder.parents) if path.exists())
+    if not existing.is_dir():
+        raise DaqSearchError(f"{field}: {folder}: {existing} is a file, not a folder; allowed: a writable folder")
+    probe = existing / f".write-probe.{uuid.uuid4().hex[:12]}"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-probe.{uuid.uuid4().hex[:12]}"
         probe.touch(exist_ok=False)
         probe.unlink()
     except OSError as err:
-        raise DaqSearchError(f"{field}: {folder}: not writable ({err.strerror}); allowed: a writable folder") from None
+        raise DaqSearchError(
+            f"{field}: {folder}: cannot write in {existing} ({err.strerror}); allowed: a writable folder"
+        ) from None
     return folder
 
 
@@ -128,12 +130,14 @@ def read_yaml(path: str | Path, what: str) -> Any:
     not YAML with each key once and no aliases.
     """
     path = Path(path)
+    if not path.exists():
+        raise DaqSearchError(f"{path}: no such file; allowed: {what}")
     try:
-        if not path.is_file():
-            raise DaqSearchError(f"{path}: no such file; allowed: {what}")
-        if path.stat().st_size > MAX_YAML_BYTES:
+        with open(path, "rb") as file:
+            data = file.read(MAX_YAML_BYTES + 1)
+        if len(data) > MAX_YAML_BYTES:
             raise DaqSearchError(f"{path}: larger than {MAX_YAML_BYTES} bytes; allowed: {what}")
-        text = path.read_bytes().decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         raise DaqSearchError(f"{path}: not UTF-8 text (byte {err.start}); allowed: {what}") from None
     except OSError as err:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from .augment import Candidate, build_batch_mix, build_eval_transform, build_tra
 from .config import DataConfig, KDConfig, QuantConfig, RecipeConfig, StudentConfig, TeacherConfig
 from .data import DataBundle, TransformedDataset
 from .errors import DaqSearchError
+from .files import atomic_write
 from .models import create_model
 from .quant import calibrate, quantize
 
@@ -186,9 +186,7 @@ def teacher_key(data: DataConfig, teacher: TeacherConfig) -> str:
 def save_checkpoint(path: Path, payload: dict) -> None:
     """Write a checkpoint atomically (temp file, then rename), so a crash never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def load_state(path: str | Path, field: str) -> dict:
@@ -198,8 +196,17 @@ def load_state(path: str | Path, field: str) -> dict:
     except FileNotFoundError:
         raise DaqSearchError(f"{field}: no such file {path}") from None
     except Exception as err:  # torch raises many types for a damaged file; all mean the same to a user
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise DaqSearchError(f"{field}: {path} is not a readable PyTorch checkpoint ({reason})") from None
+        raise DaqSearchError(f"{field}: {path} is not a readable PyTorch checkpoint ({_load_reason(err)})") from None
+
+
+def _load_reason(err: Exception) -> str:
+    """A short reason why ``torch.load`` failed, without torch's advice to load with ``weights_only=False``
+    (which would run whatever code the file carries)."""
+    text = str(err)
+    if "weights_only" in text or "Weights only load failed" in text:
+        return "it holds objects other than tensors and plain data, which are never loaded"
+    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return first[:200]
 
 
 def load_teacher(path: str | Path, teacher: TeacherConfig, bundle: DataBundle) -> nn.Module:

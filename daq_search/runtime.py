@@ -159,8 +159,14 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, num_gpu
                 configure_logging=True,
             )
         else:
+            from ray.exceptions import AuthenticationError
+
             check_address(address)
-            ray.init(address=address, logging_level=logging.WARNING)
+            try:
+                ray.init(address=address, logging_level=logging.WARNING)
+            except AuthenticationError as err:
+                reason = clip(" ".join(str(err).split()), 200)
+                raise DaqSearchError(f"--address: {address}: the cluster refused the token: {reason}") from None
         try:
             yield
         finally:

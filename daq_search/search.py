@@ -28,10 +28,10 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pandas as pd
 import torch
-import yaml
 from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler
@@ -41,6 +41,7 @@ from .augment import MIXES, POLICIES, Candidate, SearchSpace, build_batch_mix, p
 from .config import JobSpec, ScorerConfig, job_to_yaml, load_job
 from .data import DataBundle, DataSpec, load_data, stratified_indices
 from .errors import DaqSearchError
+from .files import atomic_write, atomic_write_text, check_run_name, check_writable_folder, clip, read_yaml
 from .kd import (
     build_student,
     eval_loader,
@@ -85,13 +86,14 @@ class SearchPlan:
 
 
 def _storage_path(storage: str) -> Path:
-    """``storage`` as an absolute local path; URIs are refused (the tables and teacher cache need a file system)."""
+    """``storage`` as an absolute local path, checked writable by trying (nothing is left behind); URIs, a file,
+    a path under a file and a read-only folder are refused (the tables and teacher cache need a file system)."""
     if "://" in storage:
         raise DaqSearchError(
-            f"storage: {storage!r} is a URI; allowed: a local or shared (NFS) folder path, "
+            f"storage: {clip(storage)} is a URI; allowed: a local or shared (NFS) folder path, "
             "which the results tables and the teacher cache are written to"
         )
-    return Path(storage).expanduser().resolve()
+    return check_writable_folder(storage, "storage")
 
 
 def plan_search(job_path: str | Path, *, storage: str | None = None, name: str | None = None) -> SearchPlan:
@@ -100,17 +102,12 @@ def plan_search(job_path: str | Path, *, storage: str | None = None, name: str |
     ``storage`` and ``name`` override the job's."""
     job = load_job(job_path)
     if name is not None:
-        _check_name(name)
-        job = job.model_copy(update={"name": name})
+        job = job.model_copy(update={"name": check_run_name(name, "--name")})
+    storage_path = _storage_path(storage or job.storage)
     space = job.load_search_space()
     bundle = load_data(job.data.spec())
     scoring_subset(bundle, job.scorer.subset, job.data.seed)
-    return SearchPlan(job, space, bundle, _storage_path(storage or job.storage), job.name)
-
-
-def _check_name(name: str) -> None:
-    if not name or not all(ch.isascii() and (ch.isalnum() or ch in "._-") for ch in name):
-        raise DaqSearchError(f"--name: {name!r} is not allowed; allowed: letters, digits, '.', '_' and '-'")
+    return SearchPlan(job, space, bundle, storage_path, job.name)
 
 
 def scoring_subset(bundle: DataBundle, size: int, seed: int):
@@ -516,7 +513,7 @@ def _tpe_sampler(seed: int):
 def _save_job(plan: SearchPlan) -> None:
     """Keep the job a search starts with as ``RUN_DIR/job.yaml`` (a resume checks it is unchanged)."""
     plan.run_dir.mkdir(parents=True, exist_ok=True)
-    (plan.run_dir / JOB_FILE).write_text(job_to_yaml(plan.job))
+    atomic_write_text(plan.run_dir / JOB_FILE, job_to_yaml(plan.job))
 
 
 def _check_same_job(plan: SearchPlan) -> None:
@@ -525,7 +522,12 @@ def _check_same_job(plan: SearchPlan) -> None:
     path = plan.run_dir / JOB_FILE
     if not path.is_file():
         return
-    started = yaml.safe_load(path.read_text())
+    started = read_yaml(path, "the job.yaml a search keeps")
+    if not isinstance(started, dict):
+        raise DaqSearchError(
+            f"{path}: --resume: empty or damaged (not a mapping of job fields); the job this search started with is "
+            "unknown, so it cannot be resumed safely; start a new search with another --name"
+        )
     current = plan.job.model_dump(mode="json")
     changed = [key for key in current if current[key] != started.get(key)]
     if changed:
@@ -549,13 +551,12 @@ def write_winner(plan: SearchPlan, trials: pd.DataFrame, teacher_path: Path) -> 
         }
     )
     path = plan.run_dir / WINNER_FILE
-    tmp = path.with_name(f".{WINNER_FILE}.{os.getpid()}.tmp")
-    tmp.write_text(
+    atomic_write_text(
+        path,
         f"# Winner of search {plan.name!r}: trial {best['trial_id']} ({best['status']}, {best['epochs']} epochs), "
         f"{plan.job.objective}={best[f'{plan.job.objective}_best']:.6g}.\n"
-        f"# Train it with: daq-search train {path}\n" + job_to_yaml(winner)
+        f"# Train it with: daq-search train {path}\n" + job_to_yaml(winner),
     )
-    os.replace(tmp, path)
     return path
 
 
@@ -670,9 +671,7 @@ def score_space(
     table = table.sort_values(sort_by, ascending=mode == "min", kind="stable").reset_index(drop=True)
     path = plan.run_dir / TEACHER_SCORES_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{TEACHER_SCORES_FILE}.{os.getpid()}.tmp")
-    table.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: table.to_parquet(tmp, index=False))
     return table, path
 
 
@@ -709,6 +708,23 @@ def submission_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
+def check_token_transport(address: str, allow_plain_http: bool = False) -> None:
+    """Refuse to send ``RAY_AUTH_TOKEN`` unencrypted: over ``http://`` to a host that is not this machine's
+    loopback, unless ``allow_plain_http`` (``--allow-plain-http``) says the network between is trusted."""
+    if not os.environ.get("RAY_AUTH_TOKEN") or allow_plain_http:
+        return
+    parsed = urlsplit(address if "://" in address else f"http://{address}")
+    if parsed.scheme != "http" or (parsed.hostname or "") in LOOPBACK_HOSTS:
+        return
+    raise DaqSearchError(
+        f"--address: {clip(address)} is plain http to another host, so RAY_AUTH_TOKEN would cross the network "
+        "unencrypted; allowed: https://, a loopback address (e.g. an SSH tunnel), or --allow-plain-http"
+    )
+
+
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
 def submit_search(
     job_path: str | Path,
     address: str,
@@ -716,6 +732,7 @@ def submit_search(
     storage: str | None = None,
     name: str | None = None,
     wait: bool = False,
+    allow_plain_http: bool = False,
     poll_s: float = 2.0,
     log: Callable[[str], None] = print,
 ) -> tuple[str, str | None]:
@@ -723,10 +740,13 @@ def submit_search(
 
     The job file is validated here first (its data is not: it lives on the cluster); the project folder is
     uploaded as the job's working folder, so the job file and its search space must lie inside it. The search runs
-    on the cluster with ``--address auto``. Returns (submission id, final status with ``wait``, else None).
+    on the cluster with ``--address auto``. ``RAY_AUTH_TOKEN`` is sent only encrypted or to loopback unless
+    ``allow_plain_http`` (:func:`check_token_transport`). Returns (submission id, final status with ``wait``, else None).
     """
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
+    check_token_transport(address, allow_plain_http)
     job_file = Path(job_path)
     job = load_job(job_file)
     root = project_root()
@@ -741,16 +761,15 @@ def submit_search(
     if storage is not None:
         command += ["--storage", storage]
     if name is not None:
-        _check_name(name)
-        command += ["--name", name]
+        command += ["--name", check_run_name(name, "--name")]
     try:
         client = JobSubmissionClient(address, headers=submission_headers())
         submission_id = client.submit_job(
             entrypoint=shlex.join(command),
             runtime_env={"working_dir": str(root), "excludes": UPLOAD_EXCLUDES},
         )
-    except (ConnectionError, RuntimeError, ValueError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    except (ConnectionError, RuntimeError, ValueError, AuthenticationError) as err:
+        reason = clip(str(err).strip().splitlines()[0], 200) if str(err).strip() else type(err).__name__
         raise DaqSearchError(f"--address: cannot submit to the Ray Jobs API at {address}: {reason}") from None
     log(f"submitted {submission_id}: {shlex.join(command)}")
     log(f"follow its logs with: ray job logs --follow --address {address} {submission_id}")

@@ -11,7 +11,7 @@ Outputs, all under ``RUN_DIR/final/`` (``RUN_DIR/final/<name>/`` for a ``name`` 
 - ``metrics.json``: test top-1 (fraction in [0, 1]) and cross-entropy (nats) of the fake-quantized student and of
   the full-precision teacher, the candidate, bits, epochs, workers, wall seconds, and under ``baseline`` the same
   student trained with the baseline augmentation plus ``difference_pp`` = (winner - baseline) test top-1 in
-  percentage points.
+  percentage points; ``artifact_sha256`` is the SHA-256 of the ``student_int.pt`` it describes.
 - ``epochs.parquet``: one row per epoch and run (``run`` is ``<name>`` or ``<name>-baseline``): mean train loss
   per image over all workers, val top-1 and loss, aggregate images/s, and the learning rate at the epoch's start.
 - ``student_int.pt``: ``{"arch": {...}, "state": export_int_state(student)}``; :func:`load_int_artifact` rebuilds it.
@@ -22,6 +22,7 @@ Outputs, all under ``RUN_DIR/final/`` (``RUN_DIR/final/<name>/`` for a ``name`` 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -42,6 +43,7 @@ from .augment import build_batch_mix, parse_candidate
 from .config import JobSpec, load_job
 from .data import DataBundle, load_data
 from .errors import DaqSearchError
+from .files import RUN_NAME_ALLOWED, atomic_write, atomic_write_text, check_run_name
 from .kd import (
     build_student,
     eval_loader,
@@ -64,6 +66,8 @@ USE_SPEC = object()
 WINNER_FILE = "winner.yaml"
 STATE_FILE = "state.pt"
 ARTIFACT_FILE = "student_int.pt"
+METRICS_FILE = "metrics.json"
+EPOCHS_FILE = "epochs.parquet"
 CHECKPOINTS_KEPT = 2
 EVAL_BATCH_SIZE = 512
 EPOCH_COLUMNS = ("run", "epoch", "train_loss", "val_acc", "val_loss", "images_per_s", "lr", "candidate")
@@ -143,9 +147,9 @@ def run_final(
     workers = workers or job.final.workers
     use_gpu = job.final.use_gpu if use_gpu is None else bool(use_gpu)
     epochs = epochs or job.final.recipe.epochs
-    name = name or "final"
-    if not name.replace("-", "").replace("_", "").replace(".", "").isalnum() or name == "ray":
-        raise DaqSearchError(f"name: {name!r} is not allowed; allowed: letters, digits, '.', '_' and '-' (not 'ray')")
+    name = check_run_name(name or "final", "--name")
+    if name == "ray":
+        raise DaqSearchError(f"--name: 'ray' is not allowed (Ray Train's folder); allowed: {RUN_NAME_ALLOWED}")
     if address is None and use_gpu and torch.cuda.device_count() < workers:
         raise DaqSearchError(
             f"workers: {workers} GPU workers need {workers} GPUs, this machine has {torch.cuda.device_count()}; "
@@ -156,8 +160,9 @@ def run_final(
     out_dir.mkdir(parents=True, exist_ok=True)
     storage = storage or str(final_dir / "ray")
     runs = _planned_runs(name, candidate, baseline_id, log)
+    _check_in_driver(job, runs, workers)
 
-    outcomes = {}
+    outcomes, artifact = {}, None
     num_cpus = max(os.cpu_count() or 1, workers) if address is None else None
     with ray_session(address, num_cpus=num_cpus):
         for run_name, run_candidate in runs:
@@ -167,20 +172,37 @@ def run_final(
             outcome["wall_s"] = time.perf_counter() - run_start
             outcomes[run_name] = outcome
             if run_name == name:
-                with checkpoint.as_directory() as folder:
-                    shutil.copyfile(Path(folder) / ARTIFACT_FILE, out_dir / ARTIFACT_FILE)
+                artifact = checkpoint
 
     metrics = _summarise(job, name, candidate, baseline_id, outcomes, epochs, workers, use_gpu, storage)
     metrics["wall_s"] = time.perf_counter() - start
     rows = [dict(row, run=run_name) for run_name, outcome in outcomes.items() for row in outcome["history"]]
-    pd.DataFrame(rows, columns=list(EPOCH_COLUMNS)).to_parquet(out_dir / "epochs.parquet", index=False)
-    tmp = out_dir / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    os.replace(tmp, out_dir / "metrics.json")
+    with artifact.as_directory() as folder:
+        _write_outputs(out_dir, metrics, pd.DataFrame(rows, columns=list(EPOCH_COLUMNS)), Path(folder) / ARTIFACT_FILE)
     for line in _summary_lines(metrics):
         log(line)
     log(f"{name}: wrote {out_dir / 'metrics.json'}, epochs.parquet and {ARTIFACT_FILE}")
     return metrics
+
+
+def _check_in_driver(job: JobSpec, runs: list[tuple[str, str]], workers: int) -> None:
+    """What each worker would refuse, checked here before Ray starts: the data loads, the teacher checkpoint loads
+    into the teacher, and the batch leaves every worker a full batch under each run's candidate."""
+    bundle = load_data(job.data.spec())
+    load_teacher(job.teacher.checkpoint, job.teacher, bundle)
+    for _, run_candidate in runs:
+        _shard_loader(bundle, parse_candidate(run_candidate), job.final.recipe.batch_size, job.teacher.seed, 0, workers)
+
+
+def _write_outputs(out_dir: Path, metrics: dict, epochs: pd.DataFrame, artifact: Path) -> None:
+    """Write ``student_int.pt``, ``epochs.parquet`` and ``metrics.json`` (with the artifact's SHA-256) so that a
+    kill at any moment leaves either the old three, or no ``metrics.json``, or the new three: the old metrics go
+    first, each file is replaced atomically, and the new metrics come last."""
+    metrics["artifact_sha256"] = hashlib.sha256(artifact.read_bytes()).hexdigest()
+    (out_dir / METRICS_FILE).unlink(missing_ok=True)
+    atomic_write(out_dir / ARTIFACT_FILE, lambda tmp: shutil.copyfile(artifact, tmp))
+    atomic_write(out_dir / EPOCHS_FILE, lambda tmp: epochs.to_parquet(tmp, index=False))
+    atomic_write_text(out_dir / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
 
 
 def _planned_runs(name: str, candidate: str, baseline_id: str | None, log) -> list[tuple[str, str]]:

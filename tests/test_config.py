@@ -62,9 +62,9 @@ def test_bad_job_is_one_line_naming_file_and_field(tmp_path, changes, message):
 def test_not_yaml_and_missing_file(tmp_path):
     broken = tmp_path / "broken.yaml"
     broken.write_text("name: [unclosed\n")
-    with pytest.raises(DaqSearchError, match=r"broken\.yaml: not valid YAML at line 2"):
+    with pytest.raises(DaqSearchError, match=r"broken\.yaml: line 2, column 1: malformed YAML: "):
         load_job(broken)
-    with pytest.raises(DaqSearchError, match=r"absent\.yaml: no such job file"):
+    with pytest.raises(DaqSearchError, match=r"absent\.yaml: no such file; allowed: a job YAML file$"):
         load_job(tmp_path / "absent.yaml")
 
 
@@ -92,7 +92,9 @@ def test_search_cli_checks_data_storage_and_name_before_ray(tmp_path, capsys):
     job = str(write_job(tmp_path))
     assert "storage: 's3://bucket/runs' is a URI" in cli_error(capsys, ["search", job, "--storage", "s3://bucket/runs"])
     assert "--name: 'a b' is not allowed" in cli_error(capsys, ["search", job, "--name", "a b"])
-    assert "absent.yaml: no such job file" in cli_error(capsys, ["search", str(tmp_path / "absent.yaml")])
+    assert "absent.yaml: no such file; allowed: a job YAML file" in cli_error(
+        capsys, ["search", str(tmp_path / "absent.yaml")]
+    )
     assert "the following arguments are required: job" in cli_error(capsys, ["search"])
 
 

@@ -105,7 +105,7 @@ def test_invalid_winner_file_names_the_field(tmp_path, any_teacher_file):
         run_final(str(path))
     assert "\n" not in str(err.value)
     path.write_text("name: [unclosed\n")
-    with pytest.raises(DaqSearchError, match="not valid YAML"):
+    with pytest.raises(DaqSearchError, match="malformed YAML"):
         run_final(str(tmp_path))
 
 
