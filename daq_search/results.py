@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import DaqSearchError
+from .files import atomic_write, remove_stale_temps
 
 TRIALS_FILE = "trials.parquet"
 EPOCHS_FILE = "trial_epochs.parquet"
@@ -136,14 +136,24 @@ class TrialTable:
         return trials_schema(self.knob_types).with_metadata({f"daq_search.{k}": v for k, v in meta.items()})
 
     def load(self) -> None:
-        """Read the rows already on disk (a resumed search keeps them); nothing happens when there are none."""
+        """Read the rows already on disk (a resumed search keeps them); nothing happens when there are none.
+
+        Temp files a killed writer left are removed. The epochs file is written first (:meth:`write`), so it is
+        never behind the trials file; each trial's epoch columns (``epochs``, ``<metric>_last``/``_best``) are
+        re-derived from its epoch rows, so the two agree even after a kill between the two writes.
+        """
         trials_path, epochs_path = self.run_dir / TRIALS_FILE, self.run_dir / EPOCHS_FILE
+        remove_stale_temps(trials_path)
+        remove_stale_temps(epochs_path)
         if trials_path.is_file():
-            for row in pq.read_table(trials_path).to_pylist():
+            for row in _read_file(trials_path, TRIALS_SCHEMA).to_pylist():
                 self.trials[row["trial_id"]] = row
         if epochs_path.is_file():
-            for row in pq.read_table(epochs_path).to_pylist():
-                self.epochs[(row["trial_id"], row["epoch"])] = row
+            for row in _read_file(epochs_path, EPOCHS_SCHEMA).to_pylist():
+                if row["trial_id"] in self.trials:
+                    self.epochs[(row["trial_id"], row["epoch"])] = row
+        for trial_id in self.trials:
+            self._derive(trial_id)
 
     def start(self, trial_id: str, candidate: str, knobs: dict[str, Any]) -> dict[str, Any]:
         """Mark a trial as running (a resumed trial keeps its first start time and its epochs); returns its row."""
@@ -161,19 +171,24 @@ class TrialTable:
         row = self.trials[trial_id]
         values = {metric: _float(metrics.get(metric)) for metric in REPORTED_METRICS}
         self.epochs[(trial_id, epoch)] = {"trial_id": trial_id, "candidate": row["candidate"], "epoch": epoch, **values}
+        self._derive(trial_id)
+        if seconds is not None:
+            row["wall_s"] = float(seconds)
+        return row
+
+    def _derive(self, trial_id: str) -> None:
+        """Set a trial's ``epochs`` and ``<metric>_last`` / ``_best`` from its epoch rows (none: 0 and nulls)."""
+        row = self.trials[trial_id]
         history = sorted(e for (t, e) in self.epochs if t == trial_id)
-        row["epochs"] = history[-1]
+        row["epochs"] = history[-1] if history else 0
         for metric, mode in REPORTED_METRICS.items():
             series = [self.epochs[(trial_id, e)][metric] for e in history]
-            row[f"{metric}_last"] = series[-1]
+            row[f"{metric}_last"] = series[-1] if series else None
             best = None
             for value in series:
                 if _better(mode, value, best):
                     best = value
             row[f"{metric}_best"] = best
-        if seconds is not None:
-            row["wall_s"] = float(seconds)
-        return row
 
     def end(self, trial_id: str, error: str | None = None) -> dict[str, Any]:
         """Mark a trial ended: ``failed`` with ``error``, else ``pruned`` before its budget or ``completed``."""
@@ -189,13 +204,14 @@ class TrialTable:
         return row
 
     def write(self) -> None:
-        """Write both files atomically (temp file, then ``os.replace``)."""
+        """Write both files atomically (temp file, then ``os.replace``), the epochs first: a kill between the two
+        leaves the trials file behind, which :meth:`load` brings level again."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         trials = pa.Table.from_pylist(list(self.trials.values()), schema=self.schema)
         epoch_rows = [self.epochs[key] for key in sorted(self.epochs)]
         epochs = pa.Table.from_pylist(epoch_rows, schema=EPOCHS_SCHEMA.with_metadata(self.schema.metadata))
-        _write_atomic(trials, self.run_dir / TRIALS_FILE)
-        _write_atomic(epochs, self.run_dir / EPOCHS_FILE)
+        _write_parquet(epochs, self.run_dir / EPOCHS_FILE)
+        _write_parquet(trials, self.run_dir / TRIALS_FILE)
 
     def frame(self) -> pd.DataFrame:
         """The trials as a DataFrame (as :func:`read_trials` would return them)."""
@@ -207,17 +223,41 @@ def _float(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
-def _write_atomic(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+def _write_parquet(table: pa.Table, path: Path) -> None:
+    """Write ``table`` to ``path`` atomically, with a CRC per page so a flipped bit is found on reading."""
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp, write_page_checksum=True))
+
+
+def _read_file(path: Path, schema: pa.Schema) -> pa.Table:
+    """A results file, page checksums verified and ``schema``'s columns checked; one-line DaqSearchError when it
+    is truncated, empty, damaged or not a daq-search results file."""
+    try:
+        table = pq.read_table(path, page_checksum_verification=True)
+    except (pa.ArrowException, OSError, ValueError, EOFError) as err:
+        reason = " ".join(str(err).split())[:160] or type(err).__name__
+        raise DaqSearchError(
+            f"{path}: not a readable Parquet file ({reason}); allowed: a results file a search wrote"
+        ) from None
+    for field in schema:
+        if field.name not in table.schema.names:
+            raise DaqSearchError(
+                f"{path}: no column {field.name!r}, so not a daq-search results file; allowed: a results file a "
+                "search wrote"
+            )
+        found = table.schema.field(field.name).type
+        if found != field.type:
+            raise DaqSearchError(
+                f"{path}: column {field.name!r} is {found}, expected {field.type}; allowed: a results file a search "
+                "wrote"
+            )
+    return table
 
 
 def _read(run_dir: str | Path, file_name: str) -> pa.Table:
     path = Path(run_dir) / file_name
     if not path.is_file():
         raise DaqSearchError(f"{run_dir}: no {file_name} (not a daq-search run folder, or no trial has started yet)")
-    return pq.read_table(path)
+    return _read_file(path, TRIALS_SCHEMA if file_name == TRIALS_FILE else EPOCHS_SCHEMA)
 
 
 def read_trials(run_dir: str | Path) -> pd.DataFrame:
@@ -359,6 +399,6 @@ def plot_run(run_dir: str | Path, out_png: str | Path, metric: str = "score") ->
     fig.tight_layout()
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=100)
+    atomic_write(out_png, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
     return out_png

@@ -747,6 +747,8 @@ def submit_search(
     from ray.job_submission import JobSubmissionClient
 
     check_token_transport(address, allow_plain_http)
+    if name is not None:
+        check_run_name(name, "--name")
     job_file = Path(job_path)
     job = load_job(job_file)
     root = project_root()
@@ -761,7 +763,7 @@ def submit_search(
     if storage is not None:
         command += ["--storage", storage]
     if name is not None:
-        command += ["--name", check_run_name(name, "--name")]
+        command += ["--name", name]
     try:
         client = JobSubmissionClient(address, headers=submission_headers())
         submission_id = client.submit_job(

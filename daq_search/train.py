@@ -147,7 +147,7 @@ def run_final(
     workers = workers or job.final.workers
     use_gpu = job.final.use_gpu if use_gpu is None else bool(use_gpu)
     epochs = epochs or job.final.recipe.epochs
-    name = check_run_name(name or "final", "--name")
+    name = check_run_name("final" if name is None else name, "--name")
     if name == "ray":
         raise DaqSearchError(f"--name: 'ray' is not allowed (Ray Train's folder); allowed: {RUN_NAME_ALLOWED}")
     if address is None and use_gpu and torch.cuda.device_count() < workers:
