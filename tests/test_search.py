@@ -237,6 +237,25 @@ def test_teacher_only_ranking(tmp_path):
     assert ranked["sample_ce"].is_monotonic_increasing and sorted(ranked["candidate"]) == sorted([MILD, *HARSH])
 
 
+@pytest.mark.slow
+def test_score_cli_ranks_the_space_given_with_space(tmp_path, capsys):
+    from daq_search.cli import main
+
+    other = tmp_path / "other.yaml"
+    listed = ["trivialaugment", "random_erasing(p=0.3)", "none+mixup(alpha=0.4)"]
+    other.write_text(yaml.safe_dump({"name": "other", "candidates": listed}))
+    path = write_job(tmp_path, name="scored", teacher={"recipe": {"epochs": 2, "batch_size": 50, "lr": 0.01}})
+    assert main(["score", str(path), "--space", str(other), "--name", "by-cli"]) == 0
+    out = capsys.readouterr().out
+    written = pd.read_parquet(tmp_path / "runs" / "by-cli" / "teacher_scores.parquet")
+    assert sorted(written["candidate"]) == sorted(listed)  # the --space file's candidates, not the job's
+    assert written["sample_ce"].is_monotonic_increasing  # the job's objective, teacher_sample_ce, sorts them
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["candidate", "score"])  # after the log
+    assert [line.split()[0] for line in lines[header + 1 : header + 4]] == list(written["candidate"])
+    assert f"wrote {tmp_path / 'runs' / 'by-cli' / 'teacher_scores.parquet'}" in out
+
+
 def test_candidate_sampler_hands_trials_the_candidate_id():
     import optuna
 
