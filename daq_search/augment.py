@@ -3,12 +3,14 @@
 A candidate is one image-level policy with its knobs plus, optionally, one batch-level mix with its knobs. Its id is a
 string a reader can log, put in a table and parse back, e.g. ``randaugment(magnitude=9,num_ops=2)+cutmix(alpha=1.0)``.
 Search spaces come from YAML files (see ``search_spaces/*.yaml``): either a fixed list of candidates or, per policy and
-mix, the range of each knob, which Optuna samples define-by-run.
+mix, the range of each knob on a step grid (so ids stay readable, e.g. ``cutmix(alpha=0.3)``), which Optuna samples
+define-by-run.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import numbers
 import re
 from collections.abc import Callable, Mapping
@@ -301,16 +303,25 @@ def build_batch_mix(
     return v2.MixUp(alpha=alpha, num_classes=num_classes)
 
 
+DEFAULT_STEPS: dict[type, int | float] = {int: 1, float: 0.05}
+"""The grid a numeric range is sampled on when its YAML gives no ``step``: integers 1 apart, floats 0.05 apart."""
+
+STEP_DIGITS = 10
+"""Decimal places a float knob sampled on a step grid is rounded to, so ``0.1 + 4 * 0.05`` reads ``0.3``."""
+
+
 @dataclass(frozen=True)
 class KnobDomain:
     """The values a structured search space lets one knob take: listed ``choices`` (one choice = a fixed knob), or,
-    when ``choices`` is empty, the range [low, high], sampled on a log scale if ``log``."""
+    when ``choices`` is empty, the grid ``low, low + step, ..., high`` (``high - low`` a whole number of steps),
+    sampled on a log scale if ``log`` (integer knobs with step 1 only)."""
 
     spec: KnobSpec
     choices: tuple[Any, ...] = ()
     low: float | None = None
     high: float | None = None
     log: bool = False
+    step: float | None = None
 
     @property
     def fixed(self) -> bool:
@@ -318,32 +329,46 @@ class KnobDomain:
         return len(self.choices) == 1
 
     def describe(self) -> str:
-        """The domain in words, e.g. ``integer in [1, 3]`` or ``one of cifar10, svhn``."""
+        """The domain in words, e.g. ``integer in [1, 3]`` or ``float in [0.1, 0.9], step 0.05``."""
         if self.choices:
             return "one of " + ", ".join(_format_value(value) for value in self.choices)
         kind = "integer" if self.spec.value_type is int else "float"
-        return f"{kind} in [{self.low!r}, {self.high!r}]" + (", log scale" if self.log else "")
+        text = f"{kind} in [{self.low!r}, {self.high!r}]"
+        if self.step != DEFAULT_STEPS[int] or self.spec.value_type is not int:
+            text += f", step {self.step!r}"
+        return text + (", log scale" if self.log else "")
+
+    def snap(self, value: Any) -> Any:
+        """``value`` moved to the nearest grid point of a range (rounded to :data:`STEP_DIGITS` decimals for
+        floats); listed choices are returned as given."""
+        if self.choices:
+            return value
+        steps = round((value - self.low) / self.step)
+        if self.spec.value_type is int:
+            return int(self.low + steps * self.step)
+        return round(self.low + steps * self.step, STEP_DIGITS) + 0.0
 
     def contains(self, value: Any) -> bool:
-        """Whether ``value`` lies in the domain."""
+        """Whether ``value`` lies in the domain (for a range: inside [low, high] and on its step grid)."""
         if self.choices:
             return value in self.choices
-        return self.low <= value <= self.high
+        return self.low <= value <= self.high and math.isclose(self.snap(value), value, rel_tol=0, abs_tol=1e-9)
 
     def representatives(self) -> list[Any]:
         """The values :meth:`SearchSpace.candidates` lists: every choice, or for a range the knob's default clamped
-        into [low, high]."""
+        into [low, high] and moved to the nearest grid point."""
         if self.choices:
             return list(self.choices)
-        return [min(max(self.spec.default, self.low), self.high)]
+        return [self.snap(min(max(self.spec.default, self.low), self.high))]
 
     def suggest(self, trial: Any, name: str) -> Any:
-        """A value for parameter ``name`` from an Optuna trial (suggest_categorical / suggest_int / suggest_float)."""
+        """A value for parameter ``name`` from an Optuna trial (suggest_categorical / suggest_int / suggest_float on
+        the step grid)."""
         if self.choices:
             return trial.suggest_categorical(name, list(self.choices))
         if self.spec.value_type is int:
-            return trial.suggest_int(name, self.low, self.high, log=self.log)
-        return trial.suggest_float(name, self.low, self.high, log=self.log)
+            return trial.suggest_int(name, self.low, self.high, step=self.step, log=self.log)
+        return trial.suggest_float(name, self.low, self.high, step=self.step)
 
 
 @dataclass(frozen=True)
@@ -373,7 +398,7 @@ class SpaceEntry:
             if domain.fixed:
                 args[knob] = domain.choices[0]
             elif key in params:
-                args[knob] = params[key]
+                args[knob] = domain.snap(params[key]) if isinstance(params[key], numbers.Real) else params[key]
             else:
                 raise DaqSearchError(f"{where}: missing {key!r}; allowed: params with every searched knob")
         return args
@@ -506,13 +531,24 @@ class SearchSpace:
 
 
 TOP_LEVEL_KEYS = ("name", "candidates", "policies", "mixes", "allow_no_mix")
-RANGE_KEYS = ("low", "high", "log")
+RANGE_KEYS = ("low", "high", "step", "log")
+
+
+def _range_step(spec: KnobSpec, raw: Any, where: str) -> int | float:
+    """The ``step`` of a range: a positive integer for integer knobs, a positive number for float knobs."""
+    if spec.value_type is int:
+        if isinstance(raw, bool) or not isinstance(raw, numbers.Integral) or raw < 1:
+            raise DaqSearchError(f"{where}: {raw!r} is not allowed; allowed: an integer >= 1 (default 1)")
+        return int(raw)
+    if isinstance(raw, bool) or not isinstance(raw, numbers.Real) or not math.isfinite(raw) or raw <= 0:
+        raise DaqSearchError(f"{where}: {raw!r} is not allowed; allowed: a number > 0 (default 0.05)")
+    return float(raw)
 
 
 def _knob_domain(spec: KnobSpec, raw: Any, where: str) -> KnobDomain:
     """The domain a YAML knob value describes: a scalar fixes the knob, a list gives choices, a mapping
-    ``{low, high, log}`` a numeric range."""
-    shapes = f"a value, a list of values, or {{low, high, log}} within {spec.describe()}"
+    ``{low, high, step, log}`` a numeric range on a step grid (``step`` defaults to :data:`DEFAULT_STEPS`)."""
+    shapes = f"a value, a list of values, or {{low, high, step, log}} within {spec.describe()}"
     if isinstance(raw, Mapping):
         if spec.value_type is str:
             allowed = f"a value or a list, {spec.describe()}"
@@ -522,18 +558,30 @@ def _knob_domain(spec: KnobSpec, raw: Any, where: str) -> KnobDomain:
             raise DaqSearchError(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(RANGE_KEYS)}")
         for key in ("low", "high"):
             if key not in raw:
-                raise DaqSearchError(f"{where}: missing {key!r}; allowed: {{low, high, log}} within {spec.describe()}")
+                allowed = f"{{low, high, step, log}} within {spec.describe()}"
+                raise DaqSearchError(f"{where}: missing {key!r}; allowed: {allowed}")
         low, high = spec.check(raw["low"], f"{where}.low"), spec.check(raw["high"], f"{where}.high")
+        step = _range_step(spec, raw.get("step", DEFAULT_STEPS[spec.value_type]), f"{where}.step")
         log = raw.get("log", False)
         if not isinstance(log, bool):
             raise DaqSearchError(f"{where}.log: {log!r} is not a boolean; allowed: true, false")
         if low > high:
             raise DaqSearchError(f"{where}: low {low!r} > high {high!r}; allowed: low <= high")
+        if log and (spec.value_type is float or step != 1):
+            raise DaqSearchError(
+                f"{where}.log: a log scale cannot keep a step grid; allowed: log only for integer knobs with step 1"
+            )
         if log and low <= 0:
             raise DaqSearchError(f"{where}.log: log scale needs low > 0, got {low!r}; allowed: low > 0 with log")
+        steps = (high - low) / step
+        if not math.isclose(steps, round(steps), rel_tol=0, abs_tol=1e-9):
+            raise DaqSearchError(
+                f"{where}: high - low = {_format_value(round(high - low, STEP_DIGITS))} is not a whole number of steps of {step!r}; "
+                "allowed: high = low + k * step"
+            )
         if low == high:
             return KnobDomain(spec, choices=(low,))
-        return KnobDomain(spec, low=low, high=high, log=log)
+        return KnobDomain(spec, low=low, high=high, log=log, step=step)
     if isinstance(raw, list):
         if not raw:
             raise DaqSearchError(f"{where}: empty list; allowed: {shapes}")

@@ -159,7 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument("--top", type=_positive, help="show only the first N rows")
     results.add_argument("--status", choices=STATUSES, help="show only trials with this status")
     results.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
-    results.add_argument("--plot", type=Path, metavar="FILE.png", help="also draw score per epoch and vs accuracy")
+    results.add_argument(
+        "--plot", type=Path, metavar="FILE.png", help="also draw the run's objective per epoch and against accuracy"
+    )
     results.set_defaults(func=_results)
 
     score = commands.add_parser("score", help="rank a space's candidates by the teacher alone (no Ray, no student)")

@@ -365,9 +365,19 @@ def format_table(df: pd.DataFrame, fmt: str = "table") -> str:
 STATUS_COLOURS = {"completed": "tab:blue", "pruned": "tab:orange", "failed": "tab:red", "running": "tab:gray"}
 
 
-def plot_run(run_dir: str | Path, out_png: str | Path, metric: str = "score") -> Path:
+def plot_metric(trials: pd.DataFrame, metric: str | None = None) -> str:
+    """The metric a plot of a run draws: ``metric`` when given, else the objective the run was searched by (from
+    the files' metadata), else ``score`` for files written without one."""
+    chosen = metric or trials.attrs.get("objective") or "score"
+    if chosen not in REPORTED_METRICS:
+        raise DaqSearchError(f"--plot: unknown metric {chosen!r}; allowed: {', '.join(REPORTED_METRICS)}")
+    return chosen
+
+
+def plot_run(run_dir: str | Path, out_png: str | Path, metric: str | None = None) -> Path:
     """A PNG of a run: left, each trial's ``metric`` per epoch (pruned trials end early with an x); right,
-    ``metric`` (best over epochs) against validation accuracy (best), coloured by status. Returns the path."""
+    ``metric`` (best over epochs) against validation accuracy (best), coloured by status. ``metric`` defaults to the
+    run's objective (:func:`plot_metric`). Returns the path."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -375,6 +385,7 @@ def plot_run(run_dir: str | Path, out_png: str | Path, metric: str = "score") ->
     from matplotlib.ticker import MaxNLocator
 
     trials, epochs = read_trials(run_dir), read_epochs(run_dir)
+    metric = plot_metric(trials, metric)
     status = dict(zip(trials["trial_id"], trials["status"], strict=False))
     fig, (curves, scatter) = plt.subplots(1, 2, figsize=(11, 4.2))
     for trial_id, group in epochs.groupby("trial_id", sort=True):

@@ -16,6 +16,7 @@ for ``daq-search train``.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -200,18 +201,38 @@ def knob_types(space: SearchSpace) -> dict[str, str]:
 CANDIDATE_KEY = "candidate_id"
 """The trial config key holding the sampled candidate's id."""
 
+REPEAT_KEY = "repeats_candidate"
+"""The trial config key that is True when the searcher proposed a candidate it had proposed before (see
+:func:`replay_trial`)."""
+
+RUN_DIR_KEY = "run_dir"
+"""The trial config key holding ``RUN_DIR`` (where a repeat trial reads the first trial's recorded epochs)."""
+
+REPLAY_FILE = "replay.json"
+"""What a repeat trial's checkpoint holds: the last replayed epoch."""
+
+REPLAY_POLL_S = 1.0
+
 
 @dataclass(frozen=True)
 class CandidateSampler:
     """Optuna's define-by-run space for a search space: samples the parameters of one candidate (see
     :meth:`SearchSpace.suggest`) and hands the trial the candidate's id as config key :data:`CANDIDATE_KEY`, so
-    trials need neither the searcher nor the space file."""
+    trials need neither the searcher nor the space file. :data:`REPEAT_KEY` says whether an earlier trial of the
+    same study already has this candidate (numeric knobs are compared on the space's step grid)."""
 
     space: SearchSpace
 
-    def __call__(self, trial: Any) -> dict[str, str]:
+    def __call__(self, trial: Any) -> dict[str, Any]:
         self.space.suggest(trial)
-        return {CANDIDATE_KEY: self.space.candidate_from_params(trial.params).id}
+        candidate = self.space.candidate_from_params(trial.params)
+        earlier = trial.study.get_trials(deepcopy=False)
+        repeat = any(
+            self.space.candidate_from_params(other.params) == candidate
+            for other in earlier
+            if other.number < trial.number and other.params
+        )
+        return {CANDIDATE_KEY: candidate.id, REPEAT_KEY: repeat}
 
 
 _DATA_CACHE: dict[DataSpec, DataBundle] = {}
@@ -235,6 +256,8 @@ def run_trial(config: dict) -> None:
     """
     logging.getLogger("ray").setLevel(logging.WARNING)
     job = JobSpec.model_validate(config["job"])
+    if config.get(REPEAT_KEY) and config.get(RUN_DIR_KEY) and replay_trial(config[CANDIDATE_KEY], config[RUN_DIR_KEY]):
+        return
     torch.set_num_threads(max(1, int(job.resources.cpus_per_trial)))
     use_gpu = job.resources.gpus_per_trial > 0 and torch.cuda.is_available()
     device = torch.device("cuda" if use_gpu else "cpu")
@@ -306,6 +329,48 @@ def run_trial(config: dict) -> None:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
+def _first_trial_of(candidate_id: str, run_dir: Path, own_id: str) -> dict | None:
+    """The row of the earliest-started other trial of ``candidate_id`` in ``RUN_DIR/trials.parquet``, or None."""
+    from .results import read_trials
+
+    try:
+        trials = read_trials(run_dir)
+    except DaqSearchError:
+        return None
+    same = trials[(trials["candidate"] == candidate_id) & (trials["trial_id"] != own_id)]
+    return None if same.empty else same.sort_values("started_at", kind="stable").iloc[0].to_dict()
+
+
+def replay_trial(candidate_id: str, run_dir: str | Path) -> bool:
+    """Answer a repeated candidate without training: wait until the first trial of ``candidate_id`` in ``run_dir``
+    has ended, then report its recorded per-epoch metrics, epoch by epoch, each with a small checkpoint (so ASHA
+    and Optuna see the same numbers, and a restored repeat continues after its last replayed epoch). Returns False,
+    reporting nothing, when there is no first trial to replay or it failed (the repeat then trains)."""
+    from .results import read_epochs
+
+    run_dir, own_id = Path(run_dir), tune.get_context().get_trial_id()
+    first = _first_trial_of(candidate_id, run_dir, own_id)
+    while first is not None and first["status"] == "running":
+        time.sleep(REPLAY_POLL_S)
+        first = _first_trial_of(candidate_id, run_dir, own_id)
+    if first is None or first["status"] == "failed":
+        return False
+    start = 1
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            start = json.loads((Path(folder) / REPLAY_FILE).read_text())["epoch"] + 1
+    epochs = read_epochs(run_dir)
+    rows = epochs[epochs["trial_id"] == first["trial_id"]].sort_values("epoch")
+    for row in rows[rows["epoch"] >= start].to_dict("records"):
+        metrics = {key: value for key, value in row.items() if key != "trial_id"}
+        metrics["epoch"] = int(metrics["epoch"])
+        with tempfile.TemporaryDirectory(prefix="daq-replay-") as folder:
+            (Path(folder) / REPLAY_FILE).write_text(json.dumps({"epoch": metrics["epoch"], "of": first["trial_id"]}))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+    return True
+
+
 # --- watching the search ----------------------------------------------------------------------------------------
 
 
@@ -337,6 +402,7 @@ class SearchCallback(tune.Callback):
         self.log = log
         self.summary_every_s = summary_every_s
         self._last_summary = 0.0
+        self._attempts: dict[str, list[str]] = {}
 
     def setup(self, **info) -> None:
         """Load the rows of an earlier run of this search (a resume keeps them)."""
@@ -349,16 +415,24 @@ class SearchCallback(tune.Callback):
 
     def _start(self, trial: Trial) -> Candidate:
         candidate = parse_candidate(trial.config[CANDIDATE_KEY])
-        self.table.start(trial.trial_id, candidate.id, candidate.knobs())
+        row = self.table.start(trial.trial_id, candidate.id, candidate.knobs())
+        if self._attempts.get(trial.trial_id):
+            row["error"] = self._attempt_errors(trial.trial_id)
         return candidate
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
         resumed = trial.trial_id in self.table.trials
         candidate = self._start(trial)
         self.table.write()
-        self._say(f"trial {trial.trial_id} {'resumed' if resumed else 'started'}: {candidate.id}")
+        repeat = (
+            " (proposed before: replays the first trial's epochs, no training)" if trial.config.get(REPEAT_KEY) else ""
+        )
+        self._say(f"trial {trial.trial_id} {'resumed' if resumed else 'started'}: {candidate.id}{repeat}")
 
-    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info) -> None:
+    def on_checkpoint(self, iteration: int, trials: list[Trial], trial: Trial, checkpoint: Any, **info) -> None:
+        """Record the epoch whose checkpoint Tune has just registered: a row exists only once its checkpoint does,
+        so a search interrupted at any moment resumes after its last recorded epoch and keeps every row."""
+        result = trial.last_result
         if "epoch" not in result:
             return
         if trial.trial_id not in self.table.trials:
@@ -372,10 +446,29 @@ class SearchCallback(tune.Callback):
             f"{objective}={result.get(objective, math.nan):.4f} val_acc={result.get('val_acc', math.nan):.3f}"
         )
 
+    def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
+        """A failed attempt that Tune retries (``max_failures``): its error is kept in the row's ``error``."""
+        error = error_line(trial)
+        self._attempts.setdefault(trial.trial_id, []).append(error)
+        if trial.trial_id in self.table.trials:
+            self.table.trials[trial.trial_id]["error"] = self._attempt_errors(trial.trial_id)
+            self.table.write()
+        attempt = len(self._attempts[trial.trial_id])
+        self._say(f"trial {trial.trial_id} attempt {attempt} failed, retrying from its last checkpoint: {error}")
+
+    def _attempt_errors(self, trial_id: str) -> str:
+        """``attempt 1: <error>; attempt 2: <error>`` for the recorded failed attempts of a trial."""
+        return "; ".join(f"attempt {n}: {error}" for n, error in enumerate(self._attempts[trial_id], start=1))
+
     def _ended(self, trial: Trial, error: str | None) -> None:
         if trial.trial_id not in self.table.trials:
             self._start(trial)
+        if error is not None and self._attempts.get(trial.trial_id):
+            self._attempts[trial.trial_id].append(error)
+            error = self._attempt_errors(trial.trial_id)
         row = self.table.end(trial.trial_id, error)
+        if error is None and self._attempts.get(trial.trial_id):
+            row["error"] = self._attempt_errors(trial.trial_id)  # a retry succeeded: the failed attempts stay
         self.table.write()
         if error is not None:
             self._say(f"trial {trial.trial_id} failed: {row['candidate']}: {error}")
@@ -476,7 +569,11 @@ def _build_tuner(plan: SearchPlan, teacher_path: Path, callback: SearchCallback,
         )
     return tune.Tuner(
         trainable,
-        param_space={"job": job.model_dump(mode="json"), "teacher_checkpoint": str(teacher_path)},
+        param_space={
+            "job": job.model_dump(mode="json"),
+            "teacher_checkpoint": str(teacher_path),
+            RUN_DIR_KEY: str(plan.run_dir),
+        },
         tune_config=tune.TuneConfig(
             metric=job.objective,
             mode=job.mode,

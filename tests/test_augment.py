@@ -428,9 +428,43 @@ def test_default_space_suggests_only_the_chosen_knobs_inside_their_ranges():
         candidate = space.candidate_from_params(params)
         assert candidate in space
         assert candidate.policy == policy and (candidate.mix or "none") == mix
-        assert space.params_of(candidate) == params
+        back = space.params_of(candidate)
+        assert back.keys() == params.keys()
+        for key, value in params.items():  # Optuna's step grid gives e.g. 1.4000000000000001; the candidate 1.4
+            assert back[key] == (pytest.approx(value, abs=1e-9) if isinstance(value, float) else value)
+        for _, value in candidate.policy_args + candidate.mix_args:
+            if isinstance(value, float):  # on the 0.05 grid and written so in the id
+                assert value == round(value, 2) and len(repr(value)) <= 4, candidate.id
         study.tell(trial, 0.0)
     assert seen_policies == set(POLICIES) and seen_mixes == {"none", "cutmix", "mixup"}
+
+
+def test_ranges_are_sampled_on_their_step_so_ids_stay_short(tmp_path):
+    path = write(tmp_path, "name: s\npolicies: {none: {}}\nmixes: {cutmix: {alpha: {low: 0.1, high: 1.0}}}\n")
+    space = load_search_space(path)
+    grid = {round(0.1 + 0.05 * k, 2) for k in range(19)}
+    # what Optuna's step grid hands back, e.g. 0.1 + 4 * 0.05 = 0.30000000000000004, names cutmix(alpha=0.3)
+    params = {"policy": "none", "mix": "cutmix", "cutmix.alpha": 0.1 + 4 * 0.05}
+    assert params["cutmix.alpha"] != 0.3 and space.candidate_from_params(params).id == "none+cutmix(alpha=0.3)"
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=1))
+    for _ in range(30):
+        trial = study.ask()
+        space.suggest(trial)
+        candidate = space.candidate_from_params(trial.params)
+        if candidate.mix is not None:
+            alpha = dict(candidate.mix_args)["alpha"]
+            assert alpha in grid and candidate.id == f"none+cutmix(alpha={round(alpha, 2)})"
+        study.tell(trial, 0.0)
+    off_grid = parse_candidate("cutmix(alpha=0.33)")
+    assert off_grid not in space and parse_candidate("cutmix(alpha=0.35)") in space
+    with pytest.raises(
+        DaqSearchError, match=r"cutmix\.alpha=0\.33 is outside the space; allowed: float in \[0\.1, 1\.0\], step"
+    ):
+        space.params_of(off_grid)
+    steps = write(tmp_path, "name: s\npolicies: {randaugment: {magnitude: {low: 2, high: 10, step: 4}}}\n", "i.yaml")
+    domain = dict(load_search_space(steps).policies[0].knobs)["magnitude"]
+    assert (domain.low, domain.high, domain.step) == (2, 10, 4) and domain.describe() == "integer in [2, 10], step 4"
+    assert [domain.contains(m) for m in (2, 4, 6, 10)] == [True, False, True, True]
 
 
 def write(tmp_path: Path, text: str, name: str = "space.yaml") -> Path:
@@ -470,13 +504,14 @@ allow_no_mix: false
         assert trial.params["mix"] == "cutmix"
         candidate = space.candidate_from_params(trial.params)
         assert candidate.mix_args == (("alpha", 0.5),)
+        p = trial.params.get("random_erasing.p")
         assert (
             dict(candidate.policy_args)
             == {
                 "augmix": {"severity": 4},
                 "randaugment": {"magnitude": 5, "num_ops": trial.params.get("randaugment.num_ops")},
                 "autoaugment": {"policy": "cifar10"},
-                "random_erasing": {"p": trial.params.get("random_erasing.p")},
+                "random_erasing": {"p": None if p is None else round(p, 2)},  # the default step is 0.05
             }[candidate.policy]
         )
         study.tell(trial, 0.0)
@@ -493,7 +528,7 @@ def test_candidates_outside_a_structured_space_are_rejected():
         f"{path}: candidate 'randaugment(magnitude=9,num_ops=5)': randaugment.num_ops=5 is outside the space; "
         "allowed: integer in [1, 3]"
     )
-    alpha_range = r"allowed: float in \[0\.2, 2\.0\], log scale$"
+    alpha_range = r"allowed: float in \[0\.2, 2\.0\], step 0\.05$"
     with pytest.raises(DaqSearchError, match=r"cutmix\.alpha=5\.0 is outside the space; " + alpha_range):
         space.params_of(parse_candidate("none+cutmix(alpha=5)"))
     with pytest.raises(DaqSearchError, match=r"params: mix 'cutout' is not in the space; allowed: none, cutmix, mix"):
@@ -544,8 +579,32 @@ MALFORMED = [
     ),
     ("name: x\npolicies: {randaugment: {magnitude: {low: 2}}}\n", "policies.randaugment.magnitude: missing 'high'"),
     (
-        "name: x\npolicies: {randaugment: {magnitude: {low: 2, high: 5, step: 1}}}\n",
-        "policies.randaugment.magnitude: unknown key 'step'; allowed: low, high, log",
+        "name: x\npolicies: {randaugment: {magnitude: {low: 2, high: 5, stride: 1}}}\n",
+        "policies.randaugment.magnitude: unknown key 'stride'; allowed: low, high, step, log",
+    ),
+    (
+        "name: x\npolicies: {randaugment: {magnitude: {low: 2, high: 5, step: 2}}}\n",
+        "policies.randaugment.magnitude: high - low = 3 is not a whole number of steps of 2; allowed: high = low + k",
+    ),
+    (
+        "name: x\npolicies: {randaugment: {magnitude: {low: 2, high: 5, step: 1.5}}}\n",
+        "policies.randaugment.magnitude.step: 1.5 is not allowed; allowed: an integer >= 1 (default 1)",
+    ),
+    (
+        "name: x\npolicies: {random_erasing: {p: {low: 0.1, high: 0.5, step: 0}}}\n",
+        "policies.random_erasing.p.step: 0 is not allowed; allowed: a number > 0 (default 0.05)",
+    ),
+    (
+        "name: x\npolicies: {random_erasing: {p: {low: 0.1, high: 0.52}}}\n",
+        "policies.random_erasing.p: high - low = 0.42 is not a whole number of steps of 0.05",
+    ),
+    (
+        "name: x\npolicies: {random_erasing: {p: {low: 0.1, high: 0.5, log: true}}}\n",
+        "policies.random_erasing.p.log: a log scale cannot keep a step grid; allowed: log only for integer knobs",
+    ),
+    (
+        "name: x\npolicies: {randaugment: {magnitude: {low: 1, high: 9, step: 2, log: true}}}\n",
+        "policies.randaugment.magnitude.log: a log scale cannot keep a step grid",
     ),
     (
         "name: x\npolicies: {augmix: {severity: {low: 1.5, high: 3}}}\n",
@@ -570,8 +629,8 @@ MALFORMED = [
         "policies.autoaugment.policy: a range needs a numeric knob",
     ),
     (
-        "name: x\npolicies: {random_erasing: {p: {low: 0.0, high: 0.5, log: true}}}\n",
-        "policies.random_erasing.p.log: log scale needs low > 0, got 0.0",
+        "name: x\npolicies: {randaugment: {magnitude: {low: 0, high: 5, log: true}}}\n",
+        "policies.randaugment.magnitude.log: log scale needs low > 0, got 0",
     ),
     (
         "name: x\npolicies: {random_erasing: {p: {low: 0.1, high: 0.5, log: maybe}}}\n",

@@ -19,6 +19,7 @@ from daq_search.kd import (
     build_student,
     eval_loader,
     evaluate,
+    load_teacher,
     make_optimizer,
     make_scheduler,
     save_checkpoint,
@@ -213,6 +214,28 @@ def test_resumed_cosine_schedule_follows_the_new_length():
     assert optimizer2.param_groups[0]["lr"] == pytest.approx(0.1 * (1 + math.cos(math.pi * 11 / 40)) / 2)
 
 
+def test_resumed_constant_schedule_keeps_the_recipe_learning_rate():
+    """A constant schedule saved after 10 steps and resumed with a longer run continues at lr, not at 0 or a cosine
+    value, and stays there."""
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    recipe = RecipeConfig(epochs=1, lr=0.1, schedule="constant")
+    optimizer = make_optimizer(params, recipe)
+    scheduler = make_scheduler(optimizer, recipe, 10)
+    for _ in range(10):
+        optimizer.step()
+        scheduler.step()
+    longer = recipe.model_copy(update={"epochs": 4})
+    optimizer2 = make_optimizer(params, longer)
+    optimizer2.load_state_dict(optimizer.state_dict())
+    scheduler2 = make_scheduler(optimizer2, longer, 10)
+    _resume_schedule(scheduler2, optimizer2, scheduler.state_dict(), 10)
+    assert scheduler2.last_epoch == 10 and optimizer2.param_groups[0]["lr"] == 0.1
+    for _ in range(30):
+        optimizer2.step()
+        scheduler2.step()
+        assert optimizer2.param_groups[0]["lr"] == 0.1
+
+
 def test_worker_batch_is_the_global_batch_split_over_workers():
     bundle = load_data(DataConfig(**_job(None, None)["data"]).spec())  # 200 training images
     sampler, loader = _shard_loader(bundle, parse_candidate("none"), 64, 0, rank=1, world=2)
@@ -247,12 +270,17 @@ def second_run(first_run):
 
 
 @pytest.mark.slow
-def test_two_worker_ddp_keeps_replicas_equal(first_run):
+def test_two_worker_ddp_keeps_replicas_equal(first_run, teacher_file):
     run_dir, metrics, epochs = first_run
     assert metrics["workers"] == 2 and metrics["epochs"] == 1 and metrics["candidate"] == WINNER
     checksums = metrics["replica_checksums"]
     assert len(checksums) == 2 and checksums[0] == checksums[1]
-    assert metrics["teacher_test_acc"] > 0.5 and 0.0 < metrics["student_test_acc"] <= 1.0
+    bundle = load_data(DataConfig(**_job(None, None)["data"]).spec())
+    teacher = load_teacher(teacher_file, TeacherConfig(**_job(teacher_file, None)["teacher"]), bundle)
+    teacher_acc, teacher_loss = evaluate(teacher, eval_loader(bundle.test, bundle, 512))
+    assert metrics["teacher_test_acc"] == teacher_acc  # the teacher it was given, evaluated on the whole test split
+    assert metrics["teacher_test_loss"] == pytest.approx(teacher_loss, rel=1e-6)
+    assert 0.0 <= metrics["student_test_acc"] <= 1.0
     assert metrics["resumed_from_epoch"] == 0 and metrics["baseline"] is None and metrics["difference_pp"] is None
     assert list(epochs["epoch"]) == [1] and list(epochs["lr"]) == [LR] and epochs["images_per_s"].iloc[0] > 0
 
