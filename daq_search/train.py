@@ -157,10 +157,10 @@ def run_final(
         )
     final_dir = path.resolve().parent / "final"
     out_dir = final_dir if name == "final" else final_dir / name
-    out_dir.mkdir(parents=True, exist_ok=True)
     storage = storage or str(final_dir / "ray")
     runs = _planned_runs(name, candidate, baseline_id, log)
     _check_in_driver(job, runs, workers)
+    out_dir.mkdir(parents=True, exist_ok=True)
 
     outcomes, artifact = {}, None
     num_cpus = max(os.cpu_count() or 1, workers) if address is None else None
