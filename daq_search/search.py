@@ -252,7 +252,9 @@ def run_trial(config: dict) -> None:
 
     Distils the quantized student for ``trial.epochs`` epochs; after each it reports ``epoch``, ``candidate`` and
     every metric of :data:`daq_search.results.REPORTED_METRICS` with a checkpoint, and a restored trial continues
-    after its last checkpointed epoch. Raises ``FloatingPointError`` when the training loss stops being finite.
+    after its last checkpointed epoch. Raises ``FloatingPointError`` when the training loss stops being finite. A
+    trial whose config marks a repeated candidate (:data:`REPEAT_KEY`) reports the first trial's recorded epochs
+    instead of training (:func:`replay_trial`).
     """
     logging.getLogger("ray").setLevel(logging.WARNING)
     job = JobSpec.model_validate(config["job"])

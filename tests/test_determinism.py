@@ -13,10 +13,13 @@ import torch
 HOOK = Path(__file__).resolve().parent / "deterministic"
 
 
-@pytest.mark.parametrize(("value", "expected"), [("1", "True"), ("0", "False")])
-def test_start_up_hook_follows_the_variable(value, expected):
+PROBE = "import sys; early = 'torch' in sys.modules; import torch; print(early, torch.are_deterministic_algorithms_enabled())"
+
+
+@pytest.mark.parametrize(("value", "expected"), [("1", "False True"), ("0", "False False")])
+def test_start_up_hook_follows_the_variable_without_importing_torch_itself(value, expected):
     done = subprocess.run(
-        [sys.executable, "-c", "import torch; print(torch.are_deterministic_algorithms_enabled())"],
+        [sys.executable, "-c", PROBE],
         capture_output=True,
         text=True,
         timeout=120,
