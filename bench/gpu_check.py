@@ -62,8 +62,8 @@ def check_cuda() -> dict:
 
 
 def precision() -> str:
-    """bf16 where the GPU supports it, else fp32."""
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    """bf16 where a GPU supports it, else fp32."""
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
 
 
 def check_placement() -> dict:
@@ -97,26 +97,30 @@ def check_placement() -> dict:
     return {"images_per_s": stats.images_per_s, "precision": precision(), "batches": len(seen)}
 
 
-def check_search(work: Path) -> dict:
-    """A 4-trial search with two trials per GPU."""
+def check_search(work: Path, gpus_per_trial: float = 0.5, teacher_epochs: int = 15) -> dict:
+    """A 4-trial search with ``gpus_per_trial`` (0.5: two trials per GPU)."""
     from daq_search.results import read_trials
     from daq_search.search import plan_search, run_search
 
     job = {
         "name": "gpu-check",
         "data": {"name": "digits"},
-        "teacher": {"model": "resnet8", "recipe": {"epochs": 15, "batch_size": 128, "lr": 0.003}},
+        "teacher": {"model": "resnet8", "recipe": {"epochs": teacher_epochs, "batch_size": 128, "lr": 0.003}},
         "student": {"model": "resnet8"},
         "search_space": str(Path("search_spaces/default.yaml").resolve()),
         "scorer": {"subset": 500},
         "trial": {"epochs": 3, "batch_size": 128, "precision": precision()},
         "searcher": {"num_samples": 4},
         "scheduler": {"enabled": False},
-        "resources": {"cpus_per_trial": 4, "gpus_per_trial": 0.5},
+        "resources": {"cpus_per_trial": 4, "gpus_per_trial": gpus_per_trial},
         "max_concurrent_trials": 4,
         "objective": "score_ce",
         "storage": str(work / "runs"),
-        "final": {"recipe": {"epochs": 3, "batch_size": 128, "precision": precision()}, "workers": 1},
+        "final": {
+            "recipe": {"epochs": 3, "batch_size": 128, "precision": precision()},
+            "workers": 1,
+            "cpus_per_worker": 4,
+        },
     }
     path = work / "gpu-check.yaml"
     path.write_text(yaml.safe_dump(job))
@@ -129,20 +133,21 @@ def check_search(work: Path) -> dict:
     assert trained_by["pid"] != os.getpid(), "the teacher was trained in the driver"
     return {
         "images_per_s": float(trials["images_per_s_last"].mean()),
-        "winner": str(outcome.winner),
+        "winner": str(outcome.winner_file),
         "teacher_trained_by": trained_by,
     }
 
 
-def check_final(winner: str) -> dict:
-    """The winner's final training on one GPU worker."""
+def check_final(winner: str, use_gpu: bool = True) -> dict:
+    """The winner's final training on one GPU worker (``use_gpu``) or one CPU worker."""
     import pandas as pd
 
     from daq_search.train import run_final
 
-    metrics = run_final(winner, workers=1, use_gpu=True, baseline=None, log=log)
-    assert metrics["backend"] == "nccl", f"backend {metrics['backend']}"
-    assert str(metrics["device"]).startswith("cuda"), f"student on {metrics['device']}"
+    metrics = run_final(winner, workers=1, use_gpu=use_gpu, baseline=None, log=log)
+    expected_backend, expected_device = ("nccl", "cuda") if use_gpu else ("gloo", "cpu")
+    assert metrics["backend"] == expected_backend, f"backend {metrics['backend']}"
+    assert str(metrics["device"]).startswith(expected_device), f"student on {metrics['device']}"
     epochs = pd.read_parquet(Path(winner).parent / "final" / "epochs.parquet")
     return {
         "images_per_s": float(epochs["images_per_s"].iloc[-1]),

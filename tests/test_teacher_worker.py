@@ -34,7 +34,7 @@ def searched(tmp_path_factory):
 @pytest.mark.slow
 def test_teacher_is_trained_in_a_ray_worker_not_the_driver(searched):
     outcome, lines = searched
-    assert outcome.finished and outcome.winner is not None
+    assert outcome.finished and outcome.winner_file is not None
     assert any("as a Ray task" in line for line in lines)
     (checkpoint,) = (outcome.run_dir.parent / "teachers").glob("teacher-*.pt")
     trained_by = torch.load(checkpoint, weights_only=True)["trained_by"]
@@ -45,7 +45,7 @@ def test_teacher_is_trained_in_a_ray_worker_not_the_driver(searched):
 def test_healthy_final_training_prints_progress_and_no_ray_warnings(searched, capfd):
     outcome, _ = searched
     lines: list[str] = []
-    metrics = run_final(str(outcome.winner), log=lines.append)
+    metrics = run_final(str(outcome.winner_file), log=lines.append)
     out, err = capfd.readouterr()
     assert "final epoch 1/1" in out
     for noise in ("PlacementGroupCleaner", "Failed to query", "WARNING"):
