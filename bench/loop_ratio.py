@@ -105,6 +105,14 @@ def tune_loop(job: JobSpec, teacher_path: Path, candidate_id: str, storage: Path
 
     from daq_search.runtime import ray_session
 
+    class EpochTimes(tune.Callback):
+        def __init__(self):
+            self.seconds: dict[int, float] = {}
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            self.seconds[int(result["epoch"])] = float(result["time_this_iter_s"])
+
+    times = EpochTimes()
     resources = {"cpu": job.resources.cpus_per_trial}
     with ray_session(num_cpus=max(1, int(job.resources.cpus_per_trial))):
         tuner = tune.Tuner(
@@ -115,13 +123,14 @@ def tune_loop(job: JobSpec, teacher_path: Path, candidate_id: str, storage: Path
                 CANDIDATE_KEY: candidate_id,
             },
             tune_config=tune.TuneConfig(num_samples=1),
-            run_config=tune.RunConfig(name=f"loop-{time.time_ns()}", storage_path=str(storage), verbose=0),
+            run_config=tune.RunConfig(
+                name=f"loop-{time.time_ns()}", storage_path=str(storage), callbacks=[times], verbose=0
+            ),
         )
         result = tuner.fit()[0]
     if result.error is not None:
         raise RuntimeError(f"the Tune trial failed: {result.error}")
-    frame = result.metrics_dataframe.sort_values("epoch")
-    return [float(s) for s in frame["time_this_iter_s"]]
+    return [times.seconds[epoch] for epoch in sorted(times.seconds)]
 
 
 def measure(work_dir: Path, epochs: int = EPOCHS, log=print) -> dict:

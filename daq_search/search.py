@@ -589,8 +589,8 @@ def run_search(
 
     Without ``address`` an embedded loopback Ray runs on this machine; with it, the search runs on that cluster
     (``storage`` must then be shared by all nodes). The teacher is loaded, or trained once as a Ray task with a
-    trial's resources (a whole GPU when trials use one) and cached in ``<storage>/teachers``, before any trial. Trials that
-    raise are recorded as failed and the search goes on. A run folder that already holds a search is refused
+    trial's resources (a whole GPU when trials use one) and cached in ``<storage>/teachers``, before any trial.
+    Trials that raise are recorded as failed and the search goes on. A run folder that already holds a search is refused
     unless ``resume``. Returns the outcome; ``finished`` is False when the run was interrupted (Ctrl-C), and
     ``resume=True`` then continues it.
     """

@@ -7,6 +7,9 @@ import pytest
 import torch
 import yaml
 
+from daq_search.config import DataConfig, TeacherConfig
+from daq_search.errors import DaqSearchError
+from daq_search.kd import ensure_teacher
 from daq_search.runtime import ray_session
 from daq_search.search import plan_search, run_search
 from daq_search.train import RAY_LOG_FILE, run_final
@@ -52,3 +55,10 @@ def test_healthy_final_training_prints_progress_and_no_ray_warnings(searched, ca
         assert noise not in out + err
     assert (outcome.run_dir / "final" / RAY_LOG_FILE).is_file()
     assert metrics["backend"] == "gloo" and metrics["device"] == "cpu"
+
+
+@pytest.mark.slow
+def test_a_teacher_task_error_is_the_same_one_line(tmp_path):
+    with ray_session(num_cpus=1), pytest.raises(DaqSearchError, match=r"^data\.root: .*nowhere has no cifar-10"):
+        ensure_teacher(DataConfig(name="cifar10", root=str(tmp_path / "nowhere")), TeacherConfig(), tmp_path)
+    assert not list(tmp_path.glob("teacher-*.pt"))
