@@ -39,6 +39,7 @@ from daq_search.metric import score_candidate
 from daq_search.search import CANDIDATE_KEY, run_trial, scoring_subset, teacher_metrics
 
 EPOCHS = 6
+QUICK_EPOCHS = 3
 CANDIDATE = "trivialaugment"
 CACHE_FILE = "loop_ratio.json"
 
@@ -155,12 +156,15 @@ def measure(work_dir: Path, epochs: int = EPOCHS, log=print) -> dict:
     }
 
 
-def record(results_json: Path, work_dir: Path, log=print, rerun: bool = True) -> float:
-    """Measure (or with ``rerun`` False reuse ``work_dir/loop_ratio.json``) and add ``trial_loop_ratio`` and the
-    ``trial_loop`` details to ``results_json``; returns the ratio."""
+def record(results_json: Path, work_dir: Path, log=print, quick: bool = False) -> float:
+    """Add ``trial_loop_ratio`` and the ``trial_loop`` details to ``results_json``: measured once per work folder
+    (``QUICK_EPOCHS`` epochs with ``quick``), then read from ``work_dir/loop_ratio.json`` like the bench's other
+    cached jobs; returns the ratio."""
     cache = work_dir / CACHE_FILE
-    if rerun or not cache.is_file():
-        cache.write_text(json.dumps(measure(work_dir, log=log), indent=1))
+    if not cache.is_file():
+        tmp = cache.with_name(f".{CACHE_FILE}.tmp")
+        tmp.write_text(json.dumps(measure(work_dir, QUICK_EPOCHS if quick else EPOCHS, log=log), indent=1))
+        os.replace(tmp, cache)
     loop = json.loads(cache.read_text())
     results = json.loads(results_json.read_text()) if results_json.is_file() else {}
     results["trial_loop_ratio"] = loop["trial_loop_ratio"]

@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         run_searches(regimes, SEARCH_OBJECTIVES, results, cache, work_dir, log)
     summaries = [regime_summary(regime, results, TRIAL_SEED) for regime in regimes]
     write_outputs(summaries, Path(args.out), args.quick, time.perf_counter() - start)
-    record_loop_ratio(Path(args.out) / "results.json", work_dir, log, rerun=not args.report_only)
+    record_loop_ratio(Path(args.out) / "results.json", work_dir, log, quick=args.quick)
     log(f"wrote {args.out}/results.md")
     return 0
 
