@@ -4,14 +4,16 @@ Both run the same job (digits, the tiny CNN, a fixed candidate), the same number
 threads, and per epoch the same work: one KD epoch of the quantized student, validation, the DA score on the scoring
 subset and a checkpoint of the training state. The Tune side is :func:`daq_search.search.run_trial` itself in a
 one-trial Tune run (epoch time = Tune's ``time_this_iter_s``); the plain side is that loop written out with
-``torch.save`` in place of ``tune.report``. Epoch 1 (which also computes the teacher-only scores) is left out of
-both; the ratio is median plain epoch seconds / median Tune epoch seconds (1.0: Tune adds nothing, >= 0.95 the
+``torch.save`` in place of ``tune.report``. The plain loop runs before and after the Tune trial, so a change
+of machine load weighs on both sides. Epoch 1 (which also computes the teacher-only scores) is left out of every
+run; the ratio is median plain epoch seconds / median Tune epoch seconds (1.0: Tune adds nothing, >= 0.95 the
 target).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import statistics
 import tempfile
@@ -106,6 +108,8 @@ def tune_loop(job: JobSpec, teacher_path: Path, candidate_id: str, storage: Path
 
     from daq_search.runtime import ray_session
 
+    logging.getLogger("ray.tune").setLevel(logging.ERROR)  # "no result.json": Tune's file loggers are off here
+
     class EpochTimes(tune.Callback):
         def __init__(self):
             self.seconds: dict[int, float] = {}
@@ -141,13 +145,15 @@ def measure(work_dir: Path, epochs: int = EPOCHS, log=print) -> dict:
     _, teacher_path = get_teacher(job.data, job.teacher, bundle, work_dir / "teachers", log=log)
     workers = loader_workers(job.resources.cpus_per_trial, job.resources.loader_workers)
     log(f"loop ratio: plain PyTorch loop, {epochs} epochs, {workers} loader workers")
-    plain = plain_loop(job, teacher_path, CANDIDATE)
+    before = plain_loop(job, teacher_path, CANDIDATE)
     log("loop ratio: the same loop as a Ray Tune trial")
     tuned = tune_loop(job, teacher_path, CANDIDATE, work_dir / "tune")
-    plain_s, tune_s = statistics.median(plain[1:]), statistics.median(tuned[1:])
+    log("loop ratio: the plain loop again (load drift affects both sides alike)")
+    after = plain_loop(job, teacher_path, CANDIDATE)
+    plain_s, tune_s = statistics.median(before[1:] + after[1:]), statistics.median(tuned[1:])
     return {
         "trial_loop_ratio": plain_s / tune_s,
-        "plain_epoch_s": plain,
+        "plain_epoch_s": before + after,
         "tune_epoch_s": tuned,
         "loader_workers": workers,
         "torch_threads": max(1, int(job.resources.cpus_per_trial) - workers),
