@@ -1,11 +1,12 @@
 # daq-search: `make demo` installs and runs the main job on the embedded digits data; `make test` installs and
-# runs the test suite; `make bench` runs the benchmark (writes bench/results/).
+# runs the test suite; `make bench` runs the benchmark (writes bench/results/); `make gpu-check` checks one GPU.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 RUNS ?= runs
+GPU_CHECK_OUT ?= bench/results/gpu-check
 
-.PHONY: install lint demo test test-fast bench bench-quick clean
+.PHONY: install lint demo test test-fast bench bench-quick gpu-check clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -34,6 +35,9 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(PY) -m bench.run --quick
+
+gpu-check: $(STAMP)
+	$(PY) -m bench.gpu_check --out $(GPU_CHECK_OUT)
 
 clean:
 	rm -rf $(RUNS) build *.egg-info .pytest_cache

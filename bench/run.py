@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from .analysis import regime_summary
+from .loop_ratio import record as record_loop_ratio
 from .regimes import FULL_REGIMES, Regime, quick_regimes
 from .report import cost_regret_plot, regime_tables, scatter_plot
 from .runs import Job, execute
@@ -174,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         run_searches(regimes, SEARCH_OBJECTIVES, results, cache, work_dir, log)
     summaries = [regime_summary(regime, results, TRIAL_SEED) for regime in regimes]
     write_outputs(summaries, Path(args.out), args.quick, time.perf_counter() - start)
+    record_loop_ratio(Path(args.out) / "results.json", work_dir, log, quick=args.quick)
     log(f"wrote {args.out}/results.md")
     return 0
 

@@ -61,6 +61,7 @@ class DataConfig(_Strict):
     train_per_class: StrictInt | None = Field(None, ge=1)
     val_per_class: StrictInt = Field(10, ge=1)
     seed: StrictInt = 0
+    download: bool = False
 
     @field_validator("name")
     @classmethod
@@ -84,6 +85,7 @@ class RecipeConfig(_Strict):
     weight_decay: float = Field(1e-4, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     schedule: Literal["cosine", "constant"] = "cosine"
+    precision: Literal["fp32", "bf16"] = "fp32"
 
 
 def _known_model(name: str) -> str:
@@ -175,10 +177,15 @@ class SchedulerConfig(_Strict):
 
 
 class ResourcesConfig(_Strict):
-    """What one trial reserves: CPUs and a (fractional) GPU share."""
+    """What one trial reserves: CPUs and a (fractional) GPU share (0.25: four trials share one GPU).
+
+    ``loader_workers`` overrides the number of DataLoader worker processes of a trial (default: one per reserved
+    CPU beyond the first, which trains; see :func:`daq_search.kd.loader_workers`).
+    """
 
     cpus_per_trial: float = Field(1.0, gt=0)
     gpus_per_trial: float = Field(0.0, ge=0)
+    loader_workers: int | None = Field(None, ge=0)
 
 
 class FinalConfig(_Strict):
@@ -186,6 +193,7 @@ class FinalConfig(_Strict):
 
     recipe: RecipeConfig = RecipeConfig(epochs=30)
     workers: StrictInt = Field(2, ge=1)
+    cpus_per_worker: float = Field(1.0, gt=0)
     use_gpu: bool = False
     baseline: CandidateId | None = "none"
 

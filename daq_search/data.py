@@ -1,4 +1,4 @@
-"""Image data sets, split into train / val / test, with nothing downloaded and nothing cached on disk.
+"""Image data sets, split into train / val / test, nothing downloaded unless asked (CIFAR) and nothing cached on disk.
 
 Every split is an `ImageDataset` whose items are ``(uint8 tensor [C, H, W], int label)``; augmentation and
 normalisation happen later (see `TransformedDataset` and `DataBundle.mean` / `DataBundle.std`).
@@ -6,7 +6,8 @@ normalisation happen later (see `TransformedDataset` and `DataBundle.mean` / `Da
 Sources:
 - ``digits``: scikit-learn's bundled 1,797 real 8x8 hand-written digits, upsampled to 16x16 by default.
 - ``animals``: the 10,000 real 28x28 animal silhouettes shipped inside the ``animal-mnist==0.4`` wheel.
-- ``cifar10`` / ``cifar100``: torchvision's python-pickle folder layout under ``root``.
+- ``cifar10`` / ``cifar100``: torchvision's python-pickle folder layout under ``root`` (``download``: fetched there
+  first from the official archive, see :mod:`daq_search.download`).
 - ``imagefolder``: ``root/train/<class>/`` images and ``root/val/`` (class folders or Tiny-ImageNet's layout).
 
 The two bundled sets (digits, animals) have no official test split, so all their images are pooled and split
@@ -37,6 +38,7 @@ from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as tv_functional
 
+from daq_search.download import ensure_downloaded
 from daq_search.errors import DaqSearchError
 
 DATASETS = ("digits", "animals", "cifar10", "cifar100", "imagefolder")
@@ -65,6 +67,7 @@ class DataSpec:
     train_per_class: int | None = None
     val_per_class: int = 10
     seed: int = 0
+    download: bool = False
 
 
 class ImageDataset(Dataset):
@@ -176,6 +179,8 @@ def load_data(spec: DataSpec) -> DataBundle:
         if spec.name == "imagefolder":
             train_pool, test = _image_folder_datasets(root, image_size)
         else:
+            if spec.download:
+                ensure_downloaded(spec.name, root)
             train_pool, test = _cifar_datasets(spec.name, root, image_size)
         train_indices, val_indices, _ = _split_training_pool(train_pool.labels, train_pool.num_classes, spec)
         train, val = train_pool.subset(train_indices), train_pool.subset(val_indices)
@@ -231,7 +236,9 @@ def _check_spec(spec: DataSpec) -> None:
     if spec.name not in DATASETS:
         raise DaqSearchError(f"data.name: unknown data set {spec.name!r}; allowed: {', '.join(DATASETS)}")
     if spec.name in ("cifar10", "cifar100", "imagefolder") and not spec.root:
-        raise DaqSearchError(f"data.root: required for {spec.name!r} (its folder; nothing is downloaded)")
+        raise DaqSearchError(f"data.root: required for {spec.name!r} (its folder, or where data.download puts it)")
+    if spec.download and spec.name not in ("cifar10", "cifar100"):
+        raise DaqSearchError(f"data.download: {spec.name!r} cannot be downloaded; allowed: cifar10, cifar100")
     if spec.image_size is not None and spec.image_size < 1:
         raise DaqSearchError(f"data.image_size: {spec.image_size} is not a positive number of pixels")
     if spec.train_per_class is not None and spec.train_per_class < 1:
@@ -451,7 +458,7 @@ def _cifar_datasets(name: str, root: Path, image_size: int) -> tuple[TensorImage
         if not (root / layout.folder / file_name).is_file():
             raise DaqSearchError(
                 f"data.root: {root} has no {layout.folder}/{file_name} "
-                f"(expected torchvision's {layout.title} python layout; nothing is downloaded)"
+                f"(expected torchvision's {layout.title} python layout; set data.download: true to fetch it)"
             )
     datasets = []
     for file_names in (layout.train_files, layout.test_files):

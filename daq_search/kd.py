@@ -6,18 +6,21 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
+import socket
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from .augment import Candidate, build_batch_mix, build_eval_transform, build_train_transform, parse_candidate
 from .config import DataConfig, KDConfig, QuantConfig, RecipeConfig, StudentConfig, TeacherConfig
-from .data import DataBundle, TransformedDataset
+from .data import DataBundle, ImageDataset, TransformedDataset, load_data
 from .errors import DaqSearchError
 from .files import atomic_write
 from .models import create_model
@@ -81,24 +84,128 @@ def make_scheduler(optimizer: torch.optim.Optimizer, recipe: RecipeConfig, steps
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, recipe.epochs * steps_per_epoch))
 
 
+def loader_workers(cpus: float, override: int | None = None) -> int:
+    """DataLoader worker processes for a job reserving ``cpus`` CPUs: ``override`` when set, else one per CPU
+    beyond the first (which runs the training loop), so a 1-CPU trial loads in-process."""
+    return override if override is not None else max(0, int(cpus) - 1)
+
+
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    """The augmentation seed of image ``index`` in ``epoch`` of a loader seeded with ``seed``."""
+    return ((seed * 1_000_003 + epoch) * 1_000_000_007 + index) % (2**63)
+
+
+class SeededSampler(Sampler):
+    """Yields ``(index, item_seed)`` pairs: a seeded shuffle of ``range(size)`` per epoch (or the order of
+    ``base``, e.g. a ``DistributedSampler``), each index paired with :func:`item_seed`. Because the seeds travel
+    with the indices, an image's augmentation depends on (seed, epoch, index) alone, not on which loader worker
+    process draws it. :meth:`set_epoch` selects the epoch of the next iteration; without it, iterations count
+    epochs 0, 1, 2, ..."""
+
+    def __init__(self, size: int, seed: int, shuffle: bool = True, base: Sampler | None = None):
+        self.size, self.seed, self.shuffle, self.base = size, seed, shuffle, base
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order and augmentation seeds the next iteration yields."""
+        self.epoch = epoch
+        if self.base is not None and hasattr(self.base, "set_epoch"):
+            self.base.set_epoch(epoch)
+
+    def __iter__(self):
+        epoch = self.epoch
+        if self.base is not None:
+            order = list(self.base)
+        elif self.shuffle:
+            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
+            order = order.tolist()
+        else:
+            order = range(self.size)
+        self.set_epoch(epoch + 1)
+        return iter([(index, item_seed(self.seed, epoch, index)) for index in order])
+
+    def __len__(self) -> int:
+        return len(self.base) if self.base is not None else self.size
+
+
+class SeededTransformDataset(Dataset):
+    """``base`` under ``transform``, indexed by ``(index, seed)``: the transform draws from torch's CPU generator
+    seeded with ``seed`` (the caller's generator state is restored afterwards)."""
+
+    def __init__(self, base: ImageDataset, transform):
+        self.base, self.transform = base, transform
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        index, seed = key
+        image, label = self.base[index]
+        state = torch.default_generator.get_state()
+        torch.default_generator.manual_seed(seed)
+        try:
+            return self.transform(image), label
+        finally:
+            torch.default_generator.set_state(state)
+
+
 def train_loader(
-    dataset, candidate: Candidate, bundle: DataBundle, batch_size: int, seed: int, sampler=None
+    dataset,
+    candidate: Candidate,
+    bundle: DataBundle,
+    batch_size: int,
+    seed: int,
+    sampler=None,
+    *,
+    workers: int = 0,
+    pin_memory: bool = False,
 ) -> DataLoader:
-    """Shuffled (or ``sampler``-driven) loader of ``dataset`` under the candidate's image-level augmentation."""
-    generator = torch.Generator().manual_seed(seed)
+    """Loader of ``dataset`` under the candidate's image-level augmentation, shuffled per epoch (or in
+    ``sampler``'s order), with ``workers`` persistent worker processes; its sampler is a :class:`SeededSampler`, so
+    call ``loader.sampler.set_epoch(epoch)`` before an epoch to select it. The same seed and epoch give the same
+    batches whatever ``workers`` is."""
     return DataLoader(
-        TransformedDataset(dataset, build_train_transform(candidate, bundle)),
+        SeededTransformDataset(dataset, build_train_transform(candidate, bundle)),
         batch_size=batch_size,
-        shuffle=sampler is None,
-        sampler=sampler,
-        generator=generator if sampler is None else None,
+        sampler=SeededSampler(len(dataset), seed, base=sampler),
+        generator=torch.Generator().manual_seed(seed),  # the workers' base seed, not drawn from the caller's stream
         drop_last=len(dataset) > batch_size,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=pin_memory,
     )
 
 
 def eval_loader(dataset, bundle: DataBundle, batch_size: int = 512, sampler=None) -> DataLoader:
     """Loader of ``dataset`` with normalisation only (no augmentation), in order."""
     return DataLoader(TransformedDataset(dataset, build_eval_transform(bundle)), batch_size=batch_size, sampler=sampler)
+
+
+def check_precision(precision: str, device: str | torch.device, field: str) -> None:
+    """Raise DaqSearchError (naming ``field``) when ``precision`` cannot run on ``device``: bf16 needs a GPU with
+    bfloat16 support or the CPU (where torch emulates it, slowly on CPUs without native bf16)."""
+    device = torch.device(device)
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise DaqSearchError(
+            f"{field}: bf16 needs a GPU with bfloat16 support; {torch.cuda.get_device_name(device)} has none; "
+            "allowed: fp32"
+        )
+
+
+def autocast(precision: str, device: str | torch.device):
+    """The forward passes' autocast context: bfloat16 for ``bf16``, none for ``fp32``. Parameters (quantizer step
+    sizes included) stay fp32 under autocast; only matmuls and convolutions run in bf16."""
+    if precision != "bf16":
+        return nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+
+
+def place(model: nn.Module, device: str | torch.device) -> nn.Module:
+    """``model`` moved to ``device``; on a GPU also in ``channels_last`` memory format (faster convolutions)."""
+    model = model.to(device)
+    if torch.device(device).type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model
 
 
 def run_epoch(
@@ -111,28 +218,37 @@ def run_epoch(
     kd: KDConfig | None = None,
     scheduler=None,
     device: str | torch.device = "cpu",
+    precision: str = "fp32",
 ) -> EpochStats:
     """One training epoch: cross-entropy alone without a teacher, the KD loss with one.
 
-    ``mix`` is the candidate's batch-level mix (CutMix/MixUp) or None. Raises ``FloatingPointError`` on a
-    non-finite loss, so a diverging trial fails loudly instead of reporting NaN scores.
+    ``mix`` is the candidate's batch-level mix (CutMix/MixUp) or None. ``precision`` ``bf16`` runs the forward
+    passes under bfloat16 autocast; the losses (the KD loss included) are computed in fp32 from fp32 logits. On a
+    GPU the images are passed in ``channels_last``. Raises ``FloatingPointError`` on a non-finite loss, so a
+    diverging trial fails loudly instead of reporting NaN scores.
     """
     model.train()
     if teacher is not None:
         teacher.eval()
+    channels_last = torch.device(device).type == "cuda"
     total, images, start = 0.0, 0, time.perf_counter()
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         targets = y
         if mix is not None:
             x, targets = mix(x, y)
-        logits = model(x)
+        with autocast(precision, device):
+            logits = model(x)
+            if teacher is not None:
+                with torch.no_grad():
+                    teacher_logits = teacher(x)
+        logits = logits.float()
         if teacher is None:
             loss = F.cross_entropy(logits, targets)
         else:
-            with torch.no_grad():
-                teacher_logits = teacher(x)
-            loss = kd_loss(logits, teacher_logits, targets, kd)
+            loss = kd_loss(logits, teacher_logits.float(), targets, kd)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss became {loss.item()} after {images} images")
         optimizer.zero_grad(set_to_none=True)
@@ -179,7 +295,9 @@ def create_for(model_name: str, width: float, bundle: DataBundle) -> nn.Module:
 
 def teacher_key(data: DataConfig, teacher: TeacherConfig) -> str:
     """A short hash of everything that determines a trained teacher (data set, split, architecture, recipe, seed)."""
-    recipe = {"data": data.model_dump(), "teacher": teacher.model_dump(exclude={"checkpoint"})}
+    recipe = {"data": data.model_dump(exclude={"download"}), "teacher": teacher.model_dump(exclude={"checkpoint"})}
+    if teacher.recipe.precision == "fp32":  # keys of fp32 teachers stay those of caches made before the field
+        del recipe["teacher"]["recipe"]["precision"]
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -226,20 +344,28 @@ def load_teacher(path: str | Path, teacher: TeacherConfig, bundle: DataBundle) -
 
 
 def train_teacher(
-    teacher: TeacherConfig, bundle: DataBundle, device: str | torch.device = "cpu", log=print
+    teacher: TeacherConfig, bundle: DataBundle, device: str | torch.device = "cpu", log=print, workers: int = 0
 ) -> tuple[nn.Module, float]:
-    """Train the full-precision teacher with cross-entropy under ``teacher.augment``; returns it and its val accuracy."""
+    """Train the full-precision teacher with cross-entropy under ``teacher.augment`` (``workers`` loader processes);
+    returns it and its val accuracy."""
+    check_precision(teacher.recipe.precision, device, "teacher.recipe.precision")
     torch.manual_seed(teacher.seed)
-    model = create_for(teacher.model, teacher.width, bundle).to(device)
+    model = place(create_for(teacher.model, teacher.width, bundle), device)
     candidate = parse_candidate(teacher.augment)
-    loader = train_loader(bundle.train, candidate, bundle, teacher.recipe.batch_size, teacher.seed)
+    pin = torch.device(device).type == "cuda"
+    loader = train_loader(
+        bundle.train, candidate, bundle, teacher.recipe.batch_size, teacher.seed, workers=workers, pin_memory=pin
+    )
     optimizer = make_optimizer(model.parameters(), teacher.recipe)
     scheduler = make_scheduler(optimizer, teacher.recipe, len(loader))
     mix = build_batch_mix(candidate, bundle.num_classes)
     val = eval_loader(bundle.val, bundle)
     val_acc = 0.0
     for epoch in range(1, teacher.recipe.epochs + 1):
-        stats = run_epoch(model, loader, optimizer, mix=mix, scheduler=scheduler, device=device)
+        loader.sampler.set_epoch(epoch)
+        stats = run_epoch(
+            model, loader, optimizer, mix=mix, scheduler=scheduler, device=device, precision=teacher.recipe.precision
+        )
         if epoch % 10 == 0 or epoch == teacher.recipe.epochs:
             val_acc, _ = evaluate(model, val, device)
             log(f"teacher epoch {epoch}/{teacher.recipe.epochs}: loss {stats.loss:.3f}, val acc {val_acc:.3f}")
@@ -253,24 +379,80 @@ def get_teacher(
     cache_dir: str | Path,
     device: str | torch.device = "cpu",
     log=print,
+    workers: int = 0,
 ) -> tuple[nn.Module, Path]:
     """The teacher and the checkpoint file every trial reads: the configured checkpoint, else a cached training.
 
     A teacher is trained once per (data, architecture, recipe, seed, teacher augmentation) and stored as
-    ``cache_dir/teacher-<hash>.pt``; later calls load that file.
+    ``cache_dir/teacher-<hash>.pt``, with ``trained_by`` = the host name and process id that trained it; later
+    calls load that file.
     """
     if teacher.checkpoint is not None:
         return load_teacher(teacher.checkpoint, teacher, bundle), Path(teacher.checkpoint)
-    path = Path(cache_dir) / f"teacher-{teacher_key(data, teacher)}.pt"
+    path = teacher_cache_path(data, teacher, cache_dir)
     if path.is_file():
         log(f"teacher: cached {path}")
         return load_teacher(path, teacher, bundle), path
-    log(f"teacher: training {teacher.model} for {teacher.recipe.epochs} epochs")
-    model, val_acc = train_teacher(teacher, bundle, device, log)
+    log(f"teacher: training {teacher.model} for {teacher.recipe.epochs} epochs on {torch.device(device).type}")
+    model, val_acc = train_teacher(teacher, bundle, device, log, workers)
     save_checkpoint(
-        path, {"model": model.state_dict(), "arch": _arch(teacher.model, teacher.width, bundle), "val_acc": val_acc}
+        path,
+        {
+            "model": model.state_dict(),
+            "arch": _arch(teacher.model, teacher.width, bundle),
+            "val_acc": val_acc,
+            "trained_by": {"host": socket.gethostname(), "pid": os.getpid()},
+        },
     )
-    return model.cpu(), path
+    return model.cpu().to(memory_format=torch.contiguous_format), path
+
+
+def teacher_cache_path(data: DataConfig, teacher: TeacherConfig, cache_dir: str | Path) -> Path:
+    """Where a trained teacher is cached: ``cache_dir/teacher-<teacher_key>.pt``."""
+    return Path(cache_dir) / f"teacher-{teacher_key(data, teacher)}.pt"
+
+
+def ensure_teacher(
+    data: DataConfig,
+    teacher: TeacherConfig,
+    cache_dir: str | Path,
+    *,
+    cpus: float = 1.0,
+    use_gpu: bool = False,
+    workers: int = 0,
+    log=print,
+) -> Path:
+    """The teacher checkpoint a search's trials read: ``teacher.checkpoint`` as given, else the cached training,
+    else a training run now as a Ray task reserving ``cpus`` CPUs and, with ``use_gpu``, one GPU (Ray must be up);
+    the caller only waits for it. A DaqSearchError raised in the task is raised here as is."""
+    import ray
+
+    if teacher.checkpoint is not None:
+        return Path(teacher.checkpoint)
+    path = teacher_cache_path(data, teacher, cache_dir)
+    if path.is_file():
+        log(f"teacher: cached {path}")
+        return path
+    log(f"teacher: training {teacher.model} for {teacher.recipe.epochs} epochs as a Ray task")
+    task = ray.remote(_train_teacher_task).options(num_cpus=cpus, num_gpus=1 if use_gpu else 0, max_retries=0)
+    try:
+        return Path(ray.get(task.remote(data, teacher, str(cache_dir), cpus, use_gpu, workers)))
+    except ray.exceptions.RayTaskError as err:
+        if isinstance(err.cause, DaqSearchError):
+            raise DaqSearchError(str(err.cause)) from None
+        raise
+
+
+def _train_teacher_task(
+    data: DataConfig, teacher: TeacherConfig, cache_dir: str, cpus: float, use_gpu: bool, workers: int
+) -> str:
+    """Inside a Ray worker: load the data, train and cache the teacher on the GPU Ray gave it (``use_gpu``) or its
+    CPUs; returns the checkpoint path."""
+    torch.set_num_threads(max(1, int(cpus) - workers))
+    device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+    bundle = load_data(data.spec())
+    _, path = get_teacher(data, teacher, bundle, cache_dir, device=device, workers=workers)
+    return str(path)
 
 
 def build_student(

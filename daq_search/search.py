@@ -45,13 +45,17 @@ from .errors import DaqSearchError
 from .files import atomic_write, atomic_write_text, check_run_name, check_writable_folder, clip, read_yaml
 from .kd import (
     build_student,
+    check_precision,
+    ensure_teacher,
     eval_loader,
     evaluate,
     get_teacher,
     load_state,
     load_teacher,
+    loader_workers,
     make_optimizer,
     make_scheduler,
+    place,
     run_epoch,
     train_loader,
 )
@@ -260,17 +264,22 @@ def run_trial(config: dict) -> None:
     job = JobSpec.model_validate(config["job"])
     if config.get(REPEAT_KEY) and config.get(RUN_DIR_KEY) and replay_trial(config[CANDIDATE_KEY], config[RUN_DIR_KEY]):
         return
-    torch.set_num_threads(max(1, int(job.resources.cpus_per_trial)))
+    workers = loader_workers(job.resources.cpus_per_trial, job.resources.loader_workers)
+    torch.set_num_threads(max(1, int(job.resources.cpus_per_trial) - workers))
     use_gpu = job.resources.gpus_per_trial > 0 and torch.cuda.is_available()
     device = torch.device("cuda" if use_gpu else "cpu")
+    check_precision(job.trial.precision, device, "trial.precision")
     candidate = parse_candidate(config[CANDIDATE_KEY])
     bundle = cached_data(job.data.spec())
     teacher = load_teacher(config["teacher_checkpoint"], job.teacher, bundle)
     subset = scoring_subset(bundle, job.scorer.subset, job.data.seed)
-    student = build_student(job.student, job.quant, bundle, teacher, seed=job.teacher.seed).to(device)
-    teacher.to(device)
+    student = place(build_student(job.student, job.quant, bundle, teacher, seed=job.teacher.seed), device)
+    place(teacher, device)
     seed = job.searcher.seed
-    steps_per_epoch = len(train_loader(bundle.train, candidate, bundle, job.trial.batch_size, seed))
+    loader = train_loader(
+        bundle.train, candidate, bundle, job.trial.batch_size, seed, workers=workers, pin_memory=use_gpu
+    )
+    steps_per_epoch = len(loader)
     optimizer = make_optimizer(student.parameters(), job.trial)
     scheduler = make_scheduler(optimizer, job.trial, steps_per_epoch)
     mix = build_batch_mix(candidate, bundle.num_classes)
@@ -289,9 +298,17 @@ def run_trial(config: dict) -> None:
 
     for epoch in range(start, job.trial.epochs + 1):
         torch.manual_seed(seed * 1_000_003 + epoch)
-        loader = train_loader(bundle.train, candidate, bundle, job.trial.batch_size, seed * 1_000_003 + epoch)
+        loader.sampler.set_epoch(epoch)
         stats = run_epoch(
-            student, loader, optimizer, mix=mix, teacher=teacher, kd=job.kd, scheduler=scheduler, device=device
+            student,
+            loader,
+            optimizer,
+            mix=mix,
+            teacher=teacher,
+            kd=job.kd,
+            scheduler=scheduler,
+            device=device,
+            precision=job.trial.precision,
         )
         val_acc, val_loss = evaluate(student, val, device)
         da = score_candidate(
@@ -671,8 +688,9 @@ def run_search(
     docstring.
 
     Without ``address`` an embedded loopback Ray runs on this machine; with it, the search runs on that cluster
-    (``storage`` must then be shared by all nodes). The teacher is trained or loaded before any trial. Trials that
-    raise are recorded as failed and the search goes on. A run folder that already holds a search is refused
+    (``storage`` must then be shared by all nodes). The teacher is loaded, or trained once as a Ray task with a
+    trial's resources (a whole GPU when trials use one) and cached in ``<storage>/teachers``, before any trial.
+    Trials that raise are recorded as failed and the search goes on. A run folder that already holds a search is refused
     unless ``resume``. Returns the outcome; ``finished`` is False when the run was interrupted (Ctrl-C), and
     ``resume=True`` then continues it.
     """
@@ -685,12 +703,8 @@ def run_search(
     if restorable:
         _check_same_job(plan)
     _quiet_ray()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    with torch_threads(plan.job.resources.cpus_per_trial):
-        teacher, teacher_path = get_teacher(
-            plan.job.data, plan.job.teacher, plan.bundle, cache_dir=plan.storage / "teachers", device=device, log=log
-        )
-    del teacher
+    if plan.job.teacher.checkpoint is not None:  # a checkpoint that does not load fails before Ray starts
+        load_teacher(plan.job.teacher.checkpoint, plan.job.teacher, plan.bundle)
     table = TrialTable(
         run_dir,
         max_epochs=plan.job.trial.epochs,
@@ -711,6 +725,16 @@ def run_search(
                 f"--address: cannot connect to the Ray cluster at {address} ({str(err).strip()}); check the address "
                 "and, on a cluster with token authentication, RAY_AUTH_TOKEN"
             ) from None
+        resources = plan.job.resources
+        teacher_path = ensure_teacher(
+            plan.job.data,
+            plan.job.teacher,
+            plan.storage / "teachers",
+            cpus=resources.cpus_per_trial,
+            use_gpu=resources.gpus_per_trial > 0,
+            workers=loader_workers(resources.cpus_per_trial, resources.loader_workers),
+            log=log,
+        )
         log(
             f"search {plan.name}: {plan.job.searcher.num_samples} trials of {plan.job.trial.epochs} epochs, "
             f"objective {plan.job.objective} ({plan.job.mode}), results in {run_dir}"

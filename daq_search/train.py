@@ -31,6 +31,8 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +48,15 @@ from .errors import DaqSearchError
 from .files import RUN_NAME_ALLOWED, atomic_write, atomic_write_text, check_run_name
 from .kd import (
     build_student,
+    check_precision,
     eval_loader,
     evaluate,
     load_state,
     load_teacher,
+    loader_workers,
     make_optimizer,
     make_scheduler,
+    place,
     run_epoch,
     save_checkpoint,
     train_loader,
@@ -68,6 +73,7 @@ STATE_FILE = "state.pt"
 ARTIFACT_FILE = "student_int.pt"
 METRICS_FILE = "metrics.json"
 EPOCHS_FILE = "epochs.parquet"
+RAY_LOG_FILE = "ray.log"
 CHECKPOINTS_KEPT = 2
 EVAL_BATCH_SIZE = 512
 EPOCH_COLUMNS = ("run", "epoch", "train_loss", "val_acc", "val_loss", "images_per_s", "lr", "candidate")
@@ -163,8 +169,8 @@ def run_final(
     out_dir.mkdir(parents=True, exist_ok=True)
 
     outcomes, artifact = {}, None
-    num_cpus = max(os.cpu_count() or 1, workers) if address is None else None
-    with ray_session(address, num_cpus=num_cpus):
+    num_cpus = max(os.cpu_count() or 1, math.ceil(workers * job.final.cpus_per_worker)) if address is None else None
+    with ray_session(address, num_cpus=num_cpus), routed_worker_logs(out_dir / RAY_LOG_FILE):
         for run_name, run_candidate in runs:
             log(f"{run_name}: training {run_candidate} for {epochs} epochs on {workers} worker(s)")
             run_start = time.perf_counter()
@@ -205,6 +211,37 @@ def _write_outputs(out_dir: Path, metrics: dict, epochs: pd.DataFrame, artifact:
     atomic_write_text(out_dir / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
 
 
+@contextmanager
+def routed_worker_logs(path: Path) -> Iterator[None]:
+    """While the body runs (Ray up), the Ray workers' standard output is printed as before, while their standard
+    error (Ray's and the libraries' warnings and log records, e.g. Ray Train's ``PlacementGroupCleaner`` polling a
+    state API that an embedded Ray without dashboard lacks) is appended to ``path`` instead of the terminal."""
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    name = "ray_print_logs"  # the handler ray.init(log_to_driver=True) installs
+    printers = [handler for key, handler in dispatcher.handlers if key == name]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as log_file:
+
+        def route(data: dict) -> None:
+            if not data.get("is_err"):
+                for printer in printers:
+                    printer(data)
+                return
+            source = data.get("actor_name") or data.get("task_name") or "worker"
+            log_file.writelines(f"({source} pid={data.get('pid')}) {line}\n" for line in data.get("lines", ()))
+            log_file.flush()
+
+        dispatcher.remove_handler(name)
+        dispatcher.add_handler(name, route)
+        try:
+            yield
+        finally:
+            dispatcher.remove_handler(name)
+            for printer in printers:
+                dispatcher.add_handler(name, printer)
+
+
 def _planned_runs(name: str, candidate: str, baseline_id: str | None, log) -> list[tuple[str, str]]:
     """``(Ray run name, candidate id)`` of the winner run and, unless absent or the winner itself, the baseline."""
     if baseline_id == candidate:
@@ -225,7 +262,9 @@ def _fit(
         train_fn_per_worker,
         train_loop_config={"job": job.model_copy(update={"candidate": candidate}), "epochs": epochs},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
+        scaling_config=ScalingConfig(
+            num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": job.final.cpus_per_worker}
+        ),
         run_config=RunConfig(
             storage_path=storage,
             name=run_name,
@@ -279,6 +318,9 @@ def _summarise(
         "val_acc": winner["history"][-1]["val_acc"] if winner["history"] else None,
         "resumed_from_epoch": winner["resumed_from_epoch"],
         "replica_checksums": winner["replica_checksums"],
+        "device": winner["device"],
+        "backend": winner["backend"],
+        "precision": job.final.recipe.precision,
         "train_wall_s": winner["wall_s"],
         "artifact": ARTIFACT_FILE,
         "ray_storage": storage,
@@ -345,13 +387,16 @@ def train_fn_per_worker(config: dict) -> dict:
     run_name = context.get_experiment_name()
     device = ray.train.torch.get_device()
     seed = job.teacher.seed
+    recipe = job.final.recipe.model_copy(update={"epochs": epochs})
+    check_precision(recipe.precision, device, "final.recipe.precision")
+    workers = loader_workers(job.final.cpus_per_worker, job.resources.loader_workers)
+    torch.set_num_threads(max(1, int(job.final.cpus_per_worker) - workers))
 
     bundle = load_data(job.data.spec())
     teacher = load_teacher(job.teacher.checkpoint, job.teacher, bundle)
-    student = build_student(job.student, job.quant, bundle, teacher, seed)
-    teacher.to(device)
-    recipe = job.final.recipe.model_copy(update={"epochs": epochs})
-    sampler, loader = _shard_loader(bundle, candidate, recipe.batch_size, seed, rank, world)
+    student = place(build_student(job.student, job.quant, bundle, teacher, seed), device)
+    place(teacher, device)
+    sampler, loader = _shard_loader(bundle, candidate, recipe.batch_size, seed, rank, world, workers, device)
     saved = _load_saved_state(ray.train.get_checkpoint(), job.candidate, run_name)
     if saved is not None:
         _load_model_state(student, saved["model"], run_name)
@@ -367,11 +412,19 @@ def train_fn_per_worker(config: dict) -> dict:
     val = eval_loader(bundle.val, bundle, EVAL_BATCH_SIZE)
 
     for epoch in range(start_epoch + 1, epochs + 1):
-        sampler.set_epoch(epoch)
+        loader.sampler.set_epoch(epoch)
         torch.manual_seed(seed * 1_000_000 + epoch * 1_000 + rank)
         lr = optimizer.param_groups[0]["lr"]
         stats = run_epoch(
-            model, loader, optimizer, mix=mix, teacher=teacher, kd=job.kd, scheduler=scheduler, device=device
+            model,
+            loader,
+            optimizer,
+            mix=mix,
+            teacher=teacher,
+            kd=job.kd,
+            scheduler=scheduler,
+            device=device,
+            precision=recipe.precision,
         )
         loss, images_per_s = _aggregate(stats.loss, stats.images, stats.seconds, device)
         val_acc, val_loss = evaluate(student, val, device) if rank == 0 else (math.nan, math.nan)
@@ -411,18 +464,38 @@ def train_fn_per_worker(config: dict) -> dict:
         "epochs_done": max(start_epoch, epochs),
         "resumed_from_epoch": start_epoch,
         "replica_checksums": _gather(_parameter_checksum(student), device, world),
+        "device": str(next(student.parameters()).device),
+        "backend": _backend(),
         **summary,
     }
 
 
+def _backend() -> str | None:
+    """The torch.distributed backend of this worker's process group (``gloo``, ``nccl``), or None without one."""
+    import torch.distributed as dist
+
+    return dist.get_backend() if dist.is_available() and dist.is_initialized() else None
+
+
 def _shard_loader(
-    bundle: DataBundle, candidate, global_batch_size: int, seed: int, rank: int, world: int
+    bundle: DataBundle,
+    candidate,
+    global_batch_size: int,
+    seed: int,
+    rank: int,
+    world: int,
+    workers: int = 0,
+    device: torch.device | str = "cpu",
 ) -> tuple[DistributedSampler, Any]:
-    """This worker's ``DistributedSampler`` over the training set and its augmented loader, whose batch is
-    ``global_batch_size // world`` images (at least 1); an error when that leaves the worker no full batch."""
+    """This worker's ``DistributedSampler`` over the training set and its augmented loader (``workers`` loader
+    processes, pinned memory on a GPU), whose batch is ``global_batch_size // world`` images (at least 1); an error
+    when that leaves the worker no full batch."""
     batch_size = max(1, global_batch_size // world)
     sampler = DistributedSampler(bundle.train, num_replicas=world, rank=rank, shuffle=True, seed=seed)
-    loader = train_loader(bundle.train, candidate, bundle, batch_size, seed, sampler=sampler)
+    pin = torch.device(device).type == "cuda"
+    loader = train_loader(
+        bundle.train, candidate, bundle, batch_size, seed, sampler=sampler, workers=workers, pin_memory=pin
+    )
     if len(loader) == 0:
         raise DaqSearchError(
             f"final.recipe.batch_size: {global_batch_size} leaves no full batch of {batch_size} in a worker's "
