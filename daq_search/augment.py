@@ -257,7 +257,7 @@ class ScaledTrivialAugmentWide(v2.TrivialAugmentWide):
     The wide space (Muller & Hutter, ICCV 2021; automl/trivialaugment ``aug_lib.py``) translates up to 32 px and was
     defined and evaluated on 32x32 images, i.e. up to the whole side; the authors' standard space likewise moves
     10 px on 32x32 images and 70 px on 224x224 ones (0.31 of the side at both sizes). torchvision keeps the 32 px
-    at every size, which at 16x16 shifts the image wholly out of frame for 16 of the 31 translation magnitudes.
+    at every size, which at 16x16 shifts the image wholly out of frame for about half of the 31 magnitudes.
     Here the largest translation is ``TRIVIALAUGMENT_TRANSLATE_FRACTION`` x the side, so 32x32 images get exactly
     torchvision's and the paper's magnitudes. Rotation (up to 135 degrees), shear (up to 0.99) and the colour ops
     are dimensionless and stay as they are.
