@@ -591,6 +591,11 @@ def run_search(
             plan.job.data, plan.job.teacher, plan.bundle, cache_dir=plan.storage / "teachers", device=device, log=log
         )
     del teacher
+    given = plan
+    if plan.job.calibrate is not None:
+        from .calibrate import calibrate_search
+
+        plan = calibrate_search(plan, teacher_path, address=address, resume=resume, log=log)
     table = TrialTable(
         run_dir,
         max_epochs=plan.job.trial.epochs,
@@ -602,7 +607,7 @@ def run_search(
     if not restorable:
         if resume:
             log(f"resume: nothing to resume in {run_dir}; starting the search")
-        _save_job(plan)
+        _save_job(given)
     with ExitStack() as session:
         try:
             session.enter_context(ray_session(address))
