@@ -202,7 +202,7 @@ def rule_agreements(table: pd.DataFrame, modes: Mapping[str, str] = METRIC_MODES
     """One row per rule of ``table`` (columns ``anchor``, ``objective``, ``budget``, ``value``, ``final_acc``; one
     row per anchor and rule) with ``agreement``: Kendall's tau-b over the anchors that have both a value and a final
     accuracy, between the value in the direction that makes it better (``modes[objective]``: ``min`` values are
-    negated) and the final accuracy. None when fewer than 2 such anchors or the rule's values are all equal. Rules
+    negated) and the final accuracy; NaN when fewer than 2 such anchors or the rule's values are all equal. Rules
     keep their first-appearance order."""
     rows = []
     for (objective, budget), group in table.groupby(["objective", "budget"], sort=False):
