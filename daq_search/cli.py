@@ -55,9 +55,12 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _results(args: argparse.Namespace) -> int:
-    from .results import format_table, plot_run, read_trials, sort_trials
+    from .results import format_calibration, format_table, plot_run, read_calibration, read_trials, sort_trials
 
     trials = read_trials(args.run_dir)
+    calibration = read_calibration(args.run_dir)
+    if calibration is not None and args.format in ("table", "markdown"):
+        sys.stdout.write(format_calibration(calibration, args.format))
     if args.status is not None:
         trials = trials[trials["status"] == args.status]
     trials = sort_trials(trials, args.sort)

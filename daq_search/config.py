@@ -9,7 +9,7 @@ is allowed, before any Ray work starts. Relative paths inside a job file (``sear
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -198,6 +198,67 @@ class FinalConfig(_Strict):
     baseline: CandidateId | None = "none"
 
 
+class CalibrateRulesConfig(_Strict):
+    """The rules a calibration chooses among: every objective in ``objectives`` (default: every metric a trial
+    reports, :data:`~daq_search.metric.METRIC_MODES`) read after every budget in ``budgets`` (fractions of the
+    anchors' full budget ``calibrate.epochs``; each budget is a short training with its own complete schedule)."""
+
+    objectives: list[str] | None = None
+    budgets: list[float] = [0.1, 0.25, 0.5]
+
+    @field_validator("objectives")
+    @classmethod
+    def _known_objectives(cls, objectives: list[str] | None) -> list[str] | None:
+        if objectives is None:
+            return None
+        if not objectives:
+            raise ValueError("an empty list chooses nothing; allowed: leave it out (every rule) or name metrics")
+        for objective in objectives:
+            if objective not in METRIC_MODES:
+                raise ValueError(f"unknown metric {objective!r}; allowed: {', '.join(METRIC_MODES)}")
+        return list(dict.fromkeys(objectives))
+
+    @field_validator("budgets")
+    @classmethod
+    def _fractions(cls, budgets: list[float]) -> list[float]:
+        if not budgets or any(not 0 < budget <= 1 for budget in budgets):
+            raise ValueError("each budget is a fraction of calibrate.epochs; allowed: a non-empty list in (0, 1]")
+        return budgets
+
+
+class CalibrateConfig(_Strict):
+    """A self-calibrating search (off unless the job has this section): ``anchors`` (candidates trained to their
+    full budget first; default: three chosen from the search space, mild to strong, see
+    :func:`daq_search.calibrate.default_anchors`), ``epochs`` (their full budget; default ``final.recipe.epochs``)
+    and ``rules`` (the objectives and budgets to choose among)."""
+
+    anchors: list[CandidateId] | None = None
+    epochs: int | None = Field(None, ge=1)
+    rules: CalibrateRulesConfig = CalibrateRulesConfig()
+
+    @field_validator("anchors")
+    @classmethod
+    def _two_anchors(cls, anchors: list[str] | None) -> list[str] | None:
+        if anchors is not None and len(set(anchors)) < 2:
+            raise ValueError("a ranking needs at least 2 different anchors; allowed: 2 or more candidate ids")
+        return None if anchors is None else list(dict.fromkeys(anchors))
+
+
+class CalibrationRecord(_Strict):
+    """What a calibration chose, as written into ``winner.yaml``: the search's objective (``rule``) and trial
+    budget in epochs (``budget``), the rule's Kendall agreement with the anchors' final accuracy (None on a
+    fallback), the anchors, why the job's own objective was kept (``fallback``, else None), the anchors' full
+    budget (``anchor_epochs``) and each fully trained anchor's reusable checkpoint folder (``checkpoints``)."""
+
+    rule: str
+    budget: int = Field(ge=1)
+    agreement: float | None = None
+    anchors: list[str]
+    fallback: str | None = None
+    anchor_epochs: int = Field(ge=1)
+    checkpoints: dict[str, str] = {}
+
+
 class JobSpec(_Strict):
     """One daq-search job: what to search, how each trial trains, and how the winner is trained to the end.
 
@@ -223,6 +284,8 @@ class JobSpec(_Strict):
     storage: str = "runs"
     final: FinalConfig = FinalConfig()
     candidate: CandidateId | None = None
+    calibrate: CalibrateConfig | None = None
+    calibration: CalibrationRecord | None = None
 
     @field_validator("objective")
     @classmethod
@@ -270,6 +333,7 @@ def _format_error(source: str, err: ValidationError) -> str:
         section: Any = JobSpec
         for part in first["loc"][:-1]:
             section = section.model_fields[part].annotation
+            section = next((arg for arg in get_args(section) if hasattr(arg, "model_fields")), section)
         allowed = ", ".join(section.model_fields)
         return f"{source}: {loc}: unknown key; allowed: {allowed}"
     msg = first["msg"].removeprefix("Value error, ")
@@ -311,6 +375,16 @@ def job_from_dict(raw: Any, source: str, base_dir: Path) -> JobSpec:
             space.params_of(parse_candidate(point))
         except DaqSearchError as err:
             raise DaqSearchError(f"{source}: searcher.points_to_evaluate: {err}") from None
+    if job.calibrate is not None and job.calibrate.anchors is None and len(space.candidates()) < 2:
+        raise DaqSearchError(
+            f"{source}: calibrate.anchors: the search space has fewer than 2 candidates to rank; "
+            "allowed: a space with 2 or more candidates"
+        )
+    for anchor in (job.calibrate.anchors or []) if job.calibrate is not None else []:
+        try:
+            space.params_of(parse_candidate(anchor))
+        except DaqSearchError as err:
+            raise DaqSearchError(f"{source}: calibrate.anchors: {err}") from None
     return job
 
 

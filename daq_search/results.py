@@ -362,6 +362,52 @@ def format_table(df: pd.DataFrame, fmt: str = "table") -> str:
     return out.getvalue()
 
 
+CALIBRATION_FILE = "calibration.parquet"
+
+
+def read_calibration(run_dir: str | Path) -> pd.DataFrame | None:
+    """``RUN_DIR/calibration.parquet`` (see :data:`daq_search.calibrate.CALIBRATION_SCHEMA`) as a DataFrame, with
+    the fallback reason (empty when a rule was chosen) in ``df.attrs["fallback"]``; None for a run without
+    calibration."""
+    path = Path(run_dir) / CALIBRATION_FILE
+    if not path.is_file():
+        return None
+    table = pq.read_table(path)
+    df = table.to_pandas()
+    df.attrs["fallback"] = (table.schema.metadata or {}).get(b"daq_search.fallback", b"").decode()
+    return df
+
+
+def calibration_rules_view(df: pd.DataFrame) -> pd.DataFrame:
+    """The calibration as one row per rule: ``rule``, ``agreement``, ``chosen`` (``*``) and the rule's value on
+    each anchor (a column per anchor), best agreement first (rules that do not separate the anchors last), then the
+    smaller budget."""
+    view = df.pivot_table(index=["rule", "budget"], columns="anchor", values="value", sort=False, dropna=False)
+    view = view.reindex(columns=list(dict.fromkeys(df["anchor"])))
+    rules = df.drop_duplicates("rule").set_index(["rule", "budget"])[["agreement", "chosen"]]
+    view = rules.join(view).reset_index()
+    view["chosen"] = view["chosen"].map({True: "*", False: ""})
+    view = view.sort_values(["agreement", "budget"], ascending=[False, True], na_position="last", kind="stable")
+    return view.reset_index(drop=True)
+
+
+def format_calibration(df: pd.DataFrame, fmt: str = "table") -> str:
+    """The calibration in words and as a table (``table`` or ``markdown``): the anchors' final accuracy, what was
+    chosen (or why the job's objective was kept), then :func:`calibration_rules_view`."""
+    finals = df.drop_duplicates("anchor")
+    accs = ", ".join(
+        f"{a} {_cell(acc) or 'failed'}" for a, acc in zip(finals["anchor"], finals["final_acc"], strict=True)
+    )
+    chosen = df[df["chosen"]]
+    if len(chosen):
+        row = chosen.iloc[0]
+        verdict = f"chose {row['rule']} (Kendall agreement {row['agreement']:+.2f})"
+    else:
+        verdict = f"kept the job's objective: {df.attrs.get('fallback') or 'no rule chosen'}"
+    head = f"calibration: anchors' final val_acc: {accs}; {verdict}\n"
+    return head + format_table(calibration_rules_view(df), fmt) + "\n"
+
+
 STATUS_COLOURS = {"completed": "tab:blue", "pruned": "tab:orange", "failed": "tab:red", "running": "tab:gray"}
 
 

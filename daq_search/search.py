@@ -705,18 +705,11 @@ def run_search(
     _quiet_ray()
     if plan.job.teacher.checkpoint is not None:  # a checkpoint that does not load fails before Ray starts
         load_teacher(plan.job.teacher.checkpoint, plan.job.teacher, plan.bundle)
-    table = TrialTable(
-        run_dir,
-        max_epochs=plan.job.trial.epochs,
-        knob_types=knob_types(plan.space),
-        objective=plan.job.objective,
-        mode=plan.job.mode,
-    )
-    callback = SearchCallback(table, log=log, summary_every_s=summary_every_s)
+    given = plan
     if not restorable:
         if resume:
             log(f"resume: nothing to resume in {run_dir}; starting the search")
-        _save_job(plan)
+        _save_job(given)
     with ExitStack() as session:
         try:
             session.enter_context(ray_session(address))
@@ -735,6 +728,18 @@ def run_search(
             workers=loader_workers(resources.cpus_per_trial, resources.loader_workers),
             log=log,
         )
+        if plan.job.calibrate is not None:
+            from .calibrate import calibrate_search
+
+            plan = calibrate_search(plan, teacher_path, address=address, resume=resume, log=log)
+        table = TrialTable(
+            run_dir,
+            max_epochs=plan.job.trial.epochs,
+            knob_types=knob_types(plan.space),
+            objective=plan.job.objective,
+            mode=plan.job.mode,
+        )
+        callback = SearchCallback(table, log=log, summary_every_s=summary_every_s)
         log(
             f"search {plan.name}: {plan.job.searcher.num_samples} trials of {plan.job.trial.epochs} epochs, "
             f"objective {plan.job.objective} ({plan.job.mode}), results in {run_dir}"

@@ -174,7 +174,10 @@ def run_final(
         for run_name, run_candidate in runs:
             log(f"{run_name}: training {run_candidate} for {epochs} epochs on {workers} worker(s)")
             run_start = time.perf_counter()
-            outcome, checkpoint = _fit(job, run_candidate, epochs, workers, use_gpu, storage, run_name)
+            reuse = _anchor_checkpoint(job, run_candidate, epochs)
+            if reuse is not None:
+                log(f"{run_name}: continuing from the calibration anchor's full training in {reuse}")
+            outcome, checkpoint = _fit(job, run_candidate, epochs, workers, use_gpu, storage, run_name, reuse)
             outcome["wall_s"] = time.perf_counter() - run_start
             outcomes[run_name] = outcome
             if run_name == name:
@@ -251,16 +254,34 @@ def _planned_runs(name: str, candidate: str, baseline_id: str | None, log) -> li
     return [(name, candidate), (f"{name}-baseline", baseline_id)]
 
 
+def _anchor_checkpoint(job: JobSpec, candidate: str, epochs: int) -> str | None:
+    """The folder of a calibration anchor's full training of ``candidate`` to ``epochs`` epochs (written by
+    :mod:`daq_search.calibrate`, named in the winner's ``calibration.checkpoints``), or None when there is none."""
+    record = job.calibration
+    if record is None or record.anchor_epochs != epochs or candidate not in record.checkpoints:
+        return None
+    folder = record.checkpoints[candidate]
+    return folder if (Path(folder) / STATE_FILE).is_file() else None
+
+
 def _fit(
-    job: JobSpec, candidate: str, epochs: int, workers: int, use_gpu: bool, storage: str, run_name: str
+    job: JobSpec,
+    candidate: str,
+    epochs: int,
+    workers: int,
+    use_gpu: bool,
+    storage: str,
+    run_name: str,
+    reuse: str | None = None,
 ) -> tuple[dict, Any]:
-    """One Ray Train run; returns the rank-0 worker's return value and the last checkpoint."""
+    """One Ray Train run; returns the rank-0 worker's return value and the last checkpoint. ``reuse`` is a
+    checkpoint folder the run starts from when it has no checkpoint of its own (a calibration anchor's training)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     trainer = TorchTrainer(
         train_fn_per_worker,
-        train_loop_config={"job": job.model_copy(update={"candidate": candidate}), "epochs": epochs},
+        train_loop_config={"job": job.model_copy(update={"candidate": candidate}), "epochs": epochs, "reuse": reuse},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": job.final.cpus_per_worker}
@@ -368,7 +389,8 @@ def _summary_lines(metrics: dict) -> list[str]:
 def train_fn_per_worker(config: dict) -> dict:
     """One DDP worker of the final training; rank 0 evaluates, checkpoints every epoch and returns the summary.
 
-    ``config``: ``{"job": JobSpec with candidate set, "epochs": total epochs}``. Returns (on every rank; Ray keeps
+    ``config``: ``{"job": JobSpec with candidate set, "epochs": total epochs, "reuse": a checkpoint folder to start
+    from when the run has none of its own, or None}``. Returns (on every rank; Ray keeps
     rank 0's) ``{"history": [epoch rows], "epochs_done", "resumed_from_epoch", "replica_checksums", "test_acc",
     "test_loss", "teacher_test_acc", "teacher_test_loss"}``.
     """
@@ -397,7 +419,10 @@ def train_fn_per_worker(config: dict) -> dict:
     student = place(build_student(job.student, job.quant, bundle, teacher, seed), device)
     place(teacher, device)
     sampler, loader = _shard_loader(bundle, candidate, recipe.batch_size, seed, rank, world, workers, device)
-    saved = _load_saved_state(ray.train.get_checkpoint(), job.candidate, run_name)
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and config.get("reuse") is not None:
+        checkpoint = ray.train.Checkpoint.from_directory(config["reuse"])
+    saved = _load_saved_state(checkpoint, job.candidate, run_name)
     if saved is not None:
         _load_model_state(student, saved["model"], run_name)
     model = ray.train.torch.prepare_model(student)
