@@ -836,6 +836,9 @@ def submission_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
 def check_token_transport(address: str, allow_plain_http: bool = False) -> None:
     """Refuse to send ``RAY_AUTH_TOKEN`` unencrypted: over ``http://`` to a host that is not this machine's
     loopback, unless ``allow_plain_http`` (``--allow-plain-http``) says the network between is trusted."""
@@ -848,9 +851,6 @@ def check_token_transport(address: str, allow_plain_http: bool = False) -> None:
         f"--address: {clip(address)} is plain http to another host, so RAY_AUTH_TOKEN would cross the network "
         "unencrypted; allowed: https://, a loopback address (e.g. an SSH tunnel), or --allow-plain-http"
     )
-
-
-LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
 def submit_search(

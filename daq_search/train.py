@@ -63,7 +63,7 @@ from .kd import (
 )
 from .models import create_model
 from .quant import export_int_state, load_int_state, quantize
-from .runtime import ray_session
+from .runtime import check_address, ray_session
 
 USE_SPEC = object()
 """Default of ``run_final(baseline=...)``: take the baseline from the spec's ``final.baseline``."""
@@ -166,6 +166,7 @@ def run_final(
     storage = storage or str(final_dir / "ray")
     runs = _planned_runs(name, candidate, baseline_id, log)
     _check_in_driver(job, runs, workers)
+    check_address(address)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     outcomes, artifact = {}, None

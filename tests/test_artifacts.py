@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import pickle
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -200,6 +201,11 @@ def test_train_checks_the_teacher_in_the_driver_before_ray(tmp_path, capsys, mon
     assert "does not fit teacher.model tiny_cnn" in capsys.readouterr().err
     bundle = load_data(DataSpec("digits", train_per_class=20, val_per_class=5))
     torch.save({"model": create_for("tiny_cnn", 1.0, bundle).state_dict()}, teacher)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens there once closed
+    assert main(["train", str(winner), "--address", f"127.0.0.1:{port}"]) == 2
+    assert f"--address: nothing accepts connections at 127.0.0.1:{port}" in capsys.readouterr().err
     assert not (tmp_path / "final").exists()
     with pytest.raises(AssertionError, match="Ray was started"):  # a teacher that fits passes the driver's checks
         main(["train", str(winner)])

@@ -128,7 +128,7 @@ def test_bad_overrides_are_rejected_before_ray(tmp_path, any_teacher_file):
         run_final(str(path), baseline="nonsense")
     with pytest.raises(DaqSearchError, match=r"^epochs: 0 is not allowed"):
         run_final(str(path), epochs=0)
-    with pytest.raises(DaqSearchError, match=r"^name: 'a/b' is not allowed"):
+    with pytest.raises(DaqSearchError, match=r"^--name: 'a/b' is not allowed"):
         run_final(str(path), name="a/b")
 
 
