@@ -346,10 +346,28 @@ def local_head_with_jobs_api(tmp_path):
             f"(aiohttp, aiohttp_cors, grpcio, ...): {' | '.join(reason[-3:]) or output[-300:]}"
         )
     try:
+        wait_for_job_agent(address)
         yield address, env
     finally:
         stop_head(head)
         shutil.rmtree(head_temp(port), ignore_errors=True)
+
+
+def wait_for_job_agent(address: str, timeout: float = 120) -> None:
+    """Block until the head accepts a job: its dashboard answers before the agent that runs jobs has registered
+    ("No available agent to submit job"), so a trivial job is submitted until one is taken."""
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(address, headers={"Authorization": f"Bearer {TOKEN}"})
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.submit_job(entrypoint="true")
+            return
+        except RuntimeError as error:
+            if "No available agent" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(1)
 
 
 def project_copy(folder: Path) -> Path:
