@@ -24,10 +24,12 @@ from pathlib import Path
 
 import torch
 
+from daq_search.kd import teacher_key
+
 from .analysis import cross_regime, passing, regime_summary
 from .regimes import BUDGETS, FULL_REGIMES, QUICK_REGIMES, Regime, build_regime, parse_seeds
 from .report import cost_regret_plot, cross_regime_lines, regime_tables, scatter_plot
-from .runs import Job, execute
+from .runs import Job, execute, teacher_checkpoint
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -53,9 +55,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def plan_jobs(regimes: tuple[Regime, ...]) -> tuple[list[Job], list[Job]]:
     """(teacher jobs, every other job) in priority order, regime by regime: the CPU probe and teacher rules, the
     curve seed's full runs, the budget runs, then the other seeds' full runs seed by seed (so a cut-short run holds
-    whole seeds)."""
-    teachers = [Job("teacher", regime) for regime in regimes]
-    jobs = []
+    whole seeds). Regimes that share a teacher train it once: only the first of them has a teacher job that trains
+    it; the others' teacher jobs (which load it and measure it) wait for its checkpoint, like every other job."""
+    teachers, jobs, seen = [], [], set()
+    for regime in regimes:
+        checkpoint = teacher_key(regime.teacher_data or regime.data, regime.teacher)
+        (jobs if checkpoint in seen else teachers).append(Job("teacher", regime))
+        seen.add(checkpoint)
     for regime in regimes:
         jobs += [Job("cpu_probe", regime), Job("teacher_rules", regime)]
         first, *others = regime.seeds
@@ -92,9 +98,10 @@ def _describe(job: Job, result: dict) -> str:
     return "done"
 
 
-def run_jobs(jobs, results, cache, work_dir, device, pool, deadline, grace_s, log) -> bool:
-    """Run the jobs not yet in ``results`` (on ``pool``, or in this process when it is None), caching each result as
-    it arrives; no job starts after ``deadline`` (a ``time.monotonic`` value, or None) and running ones are given
+def run_jobs(jobs, results, cache, work_dir, device, pool, slots, deadline, grace_s, log) -> bool:
+    """Run the jobs not yet in ``results`` (on ``pool``, at most ``slots`` at once, or in this process when it is
+    None, in order), caching each result as it arrives; on the pool a job starts once its regime's teacher
+    checkpoint exists (teacher jobs, which train it, start at once); no job starts after ``deadline`` (a ``time.monotonic`` value, or None) and running ones are given
     ``grace_s`` more. Returns False when the deadline cut the run short."""
     todo = [job for job in jobs if job.key() not in results]
     if not todo:
@@ -119,16 +126,27 @@ def run_jobs(jobs, results, cache, work_dir, device, pool, deadline, grace_s, lo
                 return False
             record(job, *_execute_safely((job, str(work_dir), device)))
         return True
-    pending, running = list(todo), {}
-    slots = pool._processes  # noqa: SLF001 - the pool's size bounds how many jobs are in flight
+    pending, running, trainers, trained = list(todo), {}, set(), set()
+    for job in todo:
+        checkpoint = teacher_checkpoint(job.regime, work_dir)
+        if job.kind == "teacher" and checkpoint not in trained:
+            trainers.add(job.key())
+            trained.add(checkpoint)
     while pending or running:
         out_of_time = deadline is not None and time.monotonic() > deadline
-        while pending and len(running) < slots and not out_of_time:
-            job = pending.pop(0)
-            running[job] = pool.apply_async(_execute_safely, ((job, str(work_dir), device),))
-        for job, handle in list(running.items()):
+        startable = [
+            job for job in pending if job.key() in trainers or teacher_checkpoint(job.regime, work_dir).is_file()
+        ]
+        while startable and len(running) < slots and not out_of_time:
+            job = startable.pop(0)
+            pending.remove(job)
+            running[job.key()] = (job, pool.apply_async(_execute_safely, ((job, str(work_dir), device),)))
+        if not running and pending and not startable and not out_of_time:
+            log(f"{len(pending)} jobs wait for a teacher that failed to train; giving up on them")
+            return False
+        for key, (job, handle) in list(running.items()):
             if handle.ready():
-                del running[job]
+                del running[key]
                 record(job, *handle.get())
         if out_of_time and (not running or time.monotonic() > deadline + grace_s):
             return not pending and not running
@@ -238,12 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     pool = None
     if args.jobs > 1 and any(job.key() not in results for job in teachers + jobs):
         pool = multiprocessing.get_context("spawn").Pool(args.jobs)
-    finished = True
+    finished = False
     try:
-        for batch in (teachers, jobs):
-            finished = finished and run_jobs(
-                batch, results, cache, work_dir, args.device, pool, deadline, args.grace_s, log
-            )
+        finished = run_jobs(
+            teachers + jobs, results, cache, work_dir, args.device, pool, args.jobs, deadline, args.grace_s, log
+        )
     finally:
         if pool is not None:
             pool.terminate() if not finished else pool.close()
