@@ -87,7 +87,11 @@ def _curves(finals: dict[str, list[float]]) -> dict[str, list[dict]]:
 def test_replays_count_epochs_and_pick_by_the_package_rule():
     # "late" loses until the last epoch: grace 1 prunes it; a full-budget Hyperband bracket trains it to the end
     curves = _curves(
-        {"none": [1.0, 0.9, 0.8, 0.7], "trivialaugment": [2.0, 1.5, 1.0, 0.5], "none+cutmix(alpha=1.0)": [3.0, 3.0, 3.0, 3.0]}
+        {
+            "none": [1.0, 0.9, 0.8, 0.7],
+            "trivialaugment": [2.0, 1.5, 1.0, 0.5],
+            "none+cutmix(alpha=1.0)": [3.0, 3.0, 3.0, 3.0],
+        }
     )
     candidates = ("none", "trivialaugment", "none+cutmix(alpha=1.0)")
     asha = replay_tpe_asha(curves, candidates, "score_ce", "min", grace=1, num_samples=3)
@@ -205,3 +209,44 @@ def test_quick_benchmark_writes_its_outputs_whatever_the_gate_and_resumes_exactl
     cached = (work / "results.json").read_text()
     assert main(["--quick", "--out", str(out), "--work", str(work), "--jobs", "1"]) == 0
     assert (work / "results.json").read_text() == cached
+
+
+def test_trial_training_resumed_from_its_state_matches_an_uninterrupted_run():
+    from daq_search.augment import parse_candidate
+    from daq_search.config import KDConfig, QuantConfig, RecipeConfig, ScorerConfig, StudentConfig
+    from daq_search.data import DataSpec, load_data
+    from daq_search.kd import create_for
+    from daq_search.search import scoring_subset
+    from daq_search.trial_training import TrialTraining
+
+    bundle = load_data(DataSpec(name="digits", image_size=16, train_per_class=8, val_per_class=3))
+    torch.manual_seed(0)
+    teacher = create_for("tiny_cnn", 0.5, bundle).eval()
+
+    def training() -> TrialTraining:
+        return TrialTraining(
+            teacher=teacher,
+            bundle=bundle,
+            candidate=parse_candidate("trivialaugment+cutmix(alpha=1.0)"),
+            student=StudentConfig(model="tiny_cnn", width=0.5, init="scratch"),
+            quant=QuantConfig(wbits=2, abits=2),
+            kd=KDConfig(),
+            recipe=RecipeConfig(epochs=2, batch_size=16, lr=5e-3),
+            scorer=ScorerConfig(subset=20, batch_size=10),
+            scoring_set=scoring_subset(bundle, 20, 0),
+            student_seed=3,
+            seed=4,
+            score_seed=0,
+        )
+
+    straight = training()
+    straight.train_epoch(1)
+    straight.train_epoch(2)
+    first = training()
+    first.train_epoch(1)
+    resumed = training()
+    resumed.load_state_dict(first.state_dict())
+    resumed.train_epoch(2)
+    expected, got = straight.read_metrics(), resumed.read_metrics()
+    for name in ("score", "score_ce", "cmi", "align", "sample_ce", "val_acc", "val_loss"):
+        assert got[name] == expected[name], name
