@@ -246,6 +246,36 @@ def parse_candidate(text: str) -> Candidate:
         raise DaqSearchError(f"candidate {text!r}: {error}") from None
 
 
+TRIVIALAUGMENT_TRANSLATE_FRACTION = 32 / 32
+"""Largest TrivialAugment translation as a fraction of the image side: the wide space's 32 px on the 32x32 images
+(CIFAR, SVHN) it was defined on."""
+
+
+class ScaledTrivialAugmentWide(v2.TrivialAugmentWide):
+    """TrivialAugment Wide with its translation relative to the image side.
+
+    The wide space (Muller & Hutter, ICCV 2021; automl/trivialaugment ``aug_lib.py``) translates up to 32 px and was
+    defined and evaluated on 32x32 images, i.e. up to the whole side; the authors' standard space likewise moves
+    10 px on 32x32 images and 70 px on 224x224 ones (0.31 of the side at both sizes). torchvision keeps the 32 px
+    at every size, which at 16x16 shifts the image wholly out of frame for about half of the 31 magnitudes.
+    Here the largest translation is ``TRIVIALAUGMENT_TRANSLATE_FRACTION`` x the side, so 32x32 images get exactly
+    torchvision's and the paper's magnitudes. Rotation (up to 135 degrees), shear (up to 0.99) and the colour ops
+    are dimensionless and stay as they are.
+    """
+
+    _AUGMENTATION_SPACE = {
+        **v2.TrivialAugmentWide._AUGMENTATION_SPACE,
+        "TranslateX": (
+            lambda num_bins, height, width: torch.linspace(0.0, TRIVIALAUGMENT_TRANSLATE_FRACTION * width, num_bins),
+            True,
+        ),
+        "TranslateY": (
+            lambda num_bins, height, width: torch.linspace(0.0, TRIVIALAUGMENT_TRANSLATE_FRACTION * height, num_bins),
+            True,
+        ),
+    }
+
+
 def _policy_transform(candidate: Candidate) -> v2.Transform | None:
     """The uint8 image-level transform of the candidate's policy (None for ``none`` and ``random_erasing``, which
     acts on float images)."""
@@ -255,7 +285,7 @@ def _policy_transform(candidate: Candidate) -> v2.Transform | None:
     if candidate.policy == "randaugment":
         return v2.RandAugment(num_ops=args["num_ops"], magnitude=args["magnitude"])
     if candidate.policy == "trivialaugment":
-        return v2.TrivialAugmentWide()
+        return ScaledTrivialAugmentWide()
     if candidate.policy == "augmix":
         return v2.AugMix(severity=args["severity"])
     return None

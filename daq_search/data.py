@@ -6,10 +6,13 @@ normalisation happen later (see `TransformedDataset` and `DataBundle.mean` / `Da
 Sources:
 - ``digits``: scikit-learn's bundled 1,797 real 8x8 hand-written digits, upsampled to 16x16 by default.
 - ``animals``: the 10,000 real 28x28 animal silhouettes shipped inside the ``animal-mnist==0.4`` wheel.
+- ``scenes``: those 10,000 silhouettes composited at random scale, position and colour onto textures cut from
+  scikit-learn's two bundled sample photographs, RGB, 32x32 by default (generated deterministically, see
+  `daq_search.scenes`).
 - ``cifar10`` / ``cifar100``: torchvision's python-pickle folder layout under ``root``.
 - ``imagefolder``: ``root/train/<class>/`` images and ``root/val/`` (class folders or Tiny-ImageNet's layout).
 
-The two bundled sets (digits, animals) have no official test split, so all their images are pooled and split
+The three bundled sets (digits, animals, scenes) have no official test split, so all their images are pooled and split
 per class by a seeded shuffle: a fixed 30 % test pool, then ``val_per_class`` validation images, then the training
 pool. With ``train_per_class`` set, training-pool images left unselected join the test set.
 """
@@ -36,16 +39,17 @@ from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as tv_functional
 
+from daq_search import scenes
 from daq_search.errors import DaqSearchError
 
-DATASETS = ("digits", "animals", "cifar10", "cifar100", "imagefolder")
+DATASETS = ("digits", "animals", "scenes", "cifar10", "cifar100", "imagefolder")
 
 # Default side in pixels. Digits are native 8x8; 16x16 is the smallest side that still leaves room for
 # RandomCrop / AutoAugment's geometric ops and for three stride-2 stages of a small ResNet (16 -> 8 -> 4 -> 2),
 # while costing 4x fewer pixels per image than 32x32.
-DEFAULT_IMAGE_SIZE = {"digits": 16, "animals": 28, "cifar10": 32, "cifar100": 32, "imagefolder": 64}
+DEFAULT_IMAGE_SIZE = {"digits": 16, "animals": 28, "scenes": 32, "cifar10": 32, "cifar100": 32, "imagefolder": 64}
 
-POOLED_TEST_FRACTION = 0.3  # share of every class held out as the test pool of digits / animals
+POOLED_TEST_FRACTION = 0.3  # share of every class held out as the test pool of digits / animals / scenes
 MEAN_STD_SAMPLE = 2048  # lazily decoded training images used to estimate mean/std of an image folder
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 _RESIZE_CHUNK = 2048  # images resized at once, bounding the float buffer of a whole-set resize
@@ -167,8 +171,8 @@ def load_data(spec: DataSpec) -> DataBundle:
     """Load the data set `spec` names and split it into train / val / test (see the module docstring)."""
     _check_spec(spec)
     image_size = spec.image_size or DEFAULT_IMAGE_SIZE[spec.name]
-    if spec.name in ("digits", "animals"):
-        images, labels = _digits_images(image_size) if spec.name == "digits" else _animal_images(image_size)
+    if spec.name in POOLED_DATASETS:
+        images, labels = POOLED_DATASETS[spec.name](image_size)
         train, val, test = _split_pooled(TensorImageDataset(images, labels, 10), spec)
     else:
         root = Path(spec.root)
@@ -233,6 +237,15 @@ def _check_spec(spec: DataSpec) -> None:
         raise DaqSearchError(f"data.root: required for {spec.name!r} (its folder; nothing is downloaded)")
     if spec.image_size is not None and spec.image_size < 1:
         raise DaqSearchError(f"data.image_size: {spec.image_size} is not a positive number of pixels")
+    if (
+        spec.name == "scenes"
+        and spec.image_size is not None
+        and not (scenes.MIN_IMAGE_SIZE <= spec.image_size <= scenes.MAX_IMAGE_SIZE)
+    ):
+        raise DaqSearchError(
+            f"data.image_size: {spec.image_size} for 'scenes'; allowed: {scenes.MIN_IMAGE_SIZE} to "
+            f"{scenes.MAX_IMAGE_SIZE} pixels"
+        )
     if spec.train_per_class is not None and spec.train_per_class < 1:
         raise DaqSearchError(f"data.train_per_class: {spec.train_per_class}; allowed: a positive integer or null (all)")
     if spec.val_per_class < 0:
@@ -376,6 +389,25 @@ def _animal_images(image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     )
     images = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.uint8)).unsqueeze(1)
     return _resize_all(images, image_size), torch.from_numpy(np.asarray(labels, dtype=np.int64))
+
+
+def _scene_images(image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `scenes` set: animal-mnist's 10,000 silhouettes composited onto photo textures (see `daq_search.scenes`),
+    uint8 [N, 3, image_size, image_size], and labels 0..9."""
+    silhouettes, labels = _animal_images(28)
+    generated = scenes.compose_scenes(
+        silhouettes[:, 0].numpy(), labels.numpy(), scenes.sample_photos(), image_size, scenes.SCENES_SEED
+    )
+    return torch.from_numpy(generated.images), torch.from_numpy(generated.labels)
+
+
+POOLED_DATASETS: dict[str, Callable[[int], tuple[torch.Tensor, torch.Tensor]]] = {
+    "digits": _digits_images,
+    "animals": _animal_images,
+    "scenes": _scene_images,
+}
+"""Bundled data sets (pooled and split by `_split_pooled`): name -> function of the image side returning uint8
+images [N, C, S, S] and int64 labels [N]."""
 
 
 def _read_gzipped_numpy_pickle(resource: Traversable) -> object:

@@ -104,7 +104,11 @@ def test_shipped_jobs_are_valid(name):
     job = load_job(JOBS / f"{name}.yaml")
     assert job.name == name and job.candidate is None
     if name == "demo":
-        assert job.data.name == "digits" and job.max_concurrent_trials == 2 and job.resources.cpus_per_trial == 1
+        assert (
+            (job.data.name, job.data.image_size) == ("scenes", 16)
+            and job.max_concurrent_trials == 2
+            and job.resources.cpus_per_trial == 1
+        )
         assert job.final.workers == 2 and job.scheduler.enabled
     else:
         assert job.storage.startswith("/mnt/shared/") and job.resources.gpus_per_trial > 0 and job.final.use_gpu
