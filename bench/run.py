@@ -68,6 +68,8 @@ def plan_jobs(regimes: tuple[Regime, ...]) -> tuple[list[Job], list[Job]]:
         jobs += [Job("student", regime, c, first) for c in regime.candidates]
         jobs += [Job("student", regime, c, first, f) for f in BUDGETS for c in regime.candidates]
         jobs += [Job("student", regime, c, s) for s in others for c in regime.candidates]
+    unique = {job.key(): job for job in reversed(jobs)}
+    jobs = [job for job in jobs if unique[job.key()] is job]
     return teachers, jobs
 
 

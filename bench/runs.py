@@ -46,8 +46,10 @@ class Job:
     fraction: float = 1.0
 
     def key(self) -> str:
-        """The cache key of this job's result (changes when anything that fixes the result changes)."""
-        return f"{self.regime.name}|{self.regime.key()}|{self.kind}|{self.candidate}|{self.seed}|{self.fraction:g}"
+        """The cache key of this job's result (changes when anything that fixes the result changes); student jobs
+        are keyed by their epochs, so budgets that round to the same epochs share one run."""
+        budget = f"{self.epochs()}ep" if self.kind == "student" else ""
+        return f"{self.regime.name}|{self.regime.key()}|{self.kind}|{self.candidate}|{self.seed}|{budget}"
 
     def epochs(self) -> int:
         """Training epochs of a student job (its budget)."""
@@ -55,7 +57,8 @@ class Job:
 
     def records_curve(self) -> bool:
         """Whether this student job reads every metric after every epoch (seed-0 runs at a curve budget)."""
-        return self.seed == self.regime.curve_seed() and self.fraction in CURVE_BUDGETS
+        curve_epochs = {self.regime.budget_epochs(f) for f in CURVE_BUDGETS}
+        return self.seed == self.regime.curve_seed() and self.epochs() in curve_epochs
 
     def reads_student(self) -> bool:
         """Whether this student job reads the student's metrics at its end (the curve seed's runs)."""

@@ -179,7 +179,8 @@ def test_quick_benchmark_writes_its_outputs_whatever_the_gate_and_resumes_exactl
     cache = json.loads((work / "results.json").read_text())
     top1 = np.array(regime["top1_pct"]) / 100
     assert top1.shape == (len(regime["candidates"]), len(regime["seeds"]))
-    fulls = sorted(r["test_top1"] for k, r in cache.items() if "|student|" in k and k.endswith("|1"))
+    full_epochs = f"|{regime_config.recipe.epochs}ep"
+    fulls = sorted(r["test_top1"] for k, r in cache.items() if "|student|" in k and k.endswith(full_epochs))
     assert sorted(top1.ravel().tolist()) == pytest.approx(fulls)
     gate = noise_gate(top1)
     assert regime["gate"]["split_half_rho"] == pytest.approx(gate.split_half_rho)
