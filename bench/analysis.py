@@ -1,5 +1,6 @@
 """From cached run results to the benchmark's numbers: per regime the ground-truth matrix, the noise gate, and
-every rule's agreement with the ground truth, pick, regret and compute."""
+every rule's agreement with the ground truth, pick, regret and compute; across regimes one table of every rule and
+the recommended default."""
 
 from __future__ import annotations
 
@@ -9,35 +10,48 @@ import numpy as np
 
 from daq_search.metric import METRIC_MODES
 
-from .regimes import Regime
+from .regimes import BUDGETS, CURVE_BUDGETS, Regime
 from .runs import Job
-from .search_rule import CONCURRENT_TRIALS, SEARCH_OBJECTIVES, search_key
+from .schedulers import Replay, replay_hyperband, replay_tpe_asha
 from .stats import agreement, noise_gate, one_seed_sweep, random_pick_regret
 
 TEACHER_RULES = (
-    ("teacher score (align - cmi)", "score", "min"),
-    ("teacher score_ce (sample_ce - cmi)", "score_ce", "min"),
-    ("teacher cmi", "cmi", "max"),
-    ("teacher align", "align", "min"),
-    ("teacher sample_ce", "sample_ce", "min"),
+    ("teacher score (align - cmi)", "teacher_score", "min"),
+    ("teacher score_ce (sample_ce - cmi)", "teacher_score_ce", "min"),
+    ("teacher cmi", "teacher_cmi", "max"),
+    ("teacher align", "teacher_align", "min"),
+    ("teacher sample_ce", "teacher_sample_ce", "min"),
     ("T-stddev", "t_stddev", "min"),
 )
-"""(table name, result field, direction) of the zero-training rules."""
+"""(table name, ``teacher_metrics`` field, direction) of the zero-training rules."""
 
 STUDENT_RULES = (
     ("student score (align - cmi)", "score", "min"),
     ("student score_ce (sample_ce - cmi)", "score_ce", "min"),
     ("student val accuracy", "val_acc", "max"),
 )
-"""(table name, result field, direction) of the rules read after the trial budget."""
+"""(table name, read field, direction) of the rules read after a short training with its own schedule."""
+
+SEARCH_OBJECTIVES = ("score_ce", "val_acc")
+"""Objectives the replayed searches optimise."""
+
+SHIPPED_SEARCH_BUDGET = 0.25
+"""The trial budget (fraction of the full epochs) of the search as shipped (TPE + ASHA grace 1)."""
+
+DEFAULT_COST_LIMIT = 0.3
+"""A recommended default may cost at most this share of one full sweep in every passing regime."""
+
+WEAK_CANDIDATES = ("none", "random_erasing(p=0.5)")
+"""Candidates that do not count as a strong augmentation (``none``, RandomErasing alone)."""
 
 
 @dataclass(frozen=True)
 class RuleResult:
     """One rule on one regime: per-candidate values, agreement with the ground truth and compute.
 
-    ``seconds`` are CPU seconds (one thread); ``cost_fraction`` is the rule's CPU seconds over one full sweep (every candidate trained once to completion);
-    ``rho_ci`` is a bootstrap interval over seeds (the 1-seed sweep gives the range over left-out seeds instead).
+    ``seconds`` are CPU seconds (one thread); ``cost_fraction`` is the rule's seconds over one full sweep (every
+    candidate trained once to completion); ``rho_ci`` is a bootstrap interval over seeds (the 1-seed sweep gives
+    the range over left-out seeds instead); searches pick without ranking (rho NaN).
     """
 
     rule: str
@@ -53,6 +67,9 @@ class RuleResult:
     cost_fraction: float
 
 
+NAN_PAIR = (float("nan"), float("nan"))
+
+
 def _result(results: dict, job: Job) -> dict | None:
     return results.get(job.key())
 
@@ -63,7 +80,7 @@ def ground_truth(regime: Regime, results: dict) -> np.ndarray | None:
     for candidate in regime.candidates:
         row = []
         for seed in regime.seeds:
-            result = _result(results, Job("full", regime, candidate, seed))
+            result = _result(results, Job("student", regime, candidate, seed))
             if result is None:
                 return None
             row.append(result["test_top1"])
@@ -73,14 +90,14 @@ def ground_truth(regime: Regime, results: dict) -> np.ndarray | None:
 
 def completed_seeds(regime: Regime, results: dict) -> list[int]:
     """The seeds whose full runs are done for every candidate."""
-    return [s for s in regime.seeds if all(Job("full", regime, c, s).key() in results for c in regime.candidates)]
+    return [s for s in regime.seeds if all(Job("student", regime, c, s).key() in results for c in regime.candidates)]
 
 
 def sweep_seconds(regime: Regime, results: dict, field: str = "seconds") -> float:
     """CPU seconds (or, with ``field="wall_seconds"``, wall seconds) of one full sweep: every candidate trained once
     to completion, averaged over the seeds."""
     per_seed = [
-        sum(_result(results, Job("full", regime, c, s))[field] for c in regime.candidates) for s in regime.seeds
+        sum(_result(results, Job("student", regime, c, s))[field] for c in regime.candidates) for s in regime.seeds
     ]
     return float(np.mean(per_seed))
 
@@ -102,7 +119,78 @@ def _rule(name, mode, values, top1, candidates, seconds, sweep, rng) -> RuleResu
     )
 
 
-def rule_results(regime: Regime, results: dict, top1: np.ndarray, trial_seed: int) -> list[RuleResult]:
+def _pick_rule(name: str, mode: str, pick: str, top1: np.ndarray, candidates: list[str], seconds, sweep):
+    truth = top1.mean(1)
+    return RuleResult(
+        rule=name,
+        mode=mode,
+        values=[],
+        rho=float("nan"),
+        rho_ci=NAN_PAIR,
+        tau=float("nan"),
+        tau_ci=NAN_PAIR,
+        pick=pick,
+        regret_pp=100 * float(truth.max() - truth[candidates.index(pick)]),
+        seconds=seconds,
+        cost_fraction=seconds / sweep,
+    )
+
+
+def budget_label(fraction: float) -> str:
+    """A budget as a percentage label (``"25 %"``)."""
+    return f"{100 * fraction:g} %"
+
+
+def curves(regime: Regime, results: dict, fraction: float) -> dict[str, list[dict]] | None:
+    """Per candidate the per-epoch rows of the curve seed's run at ``fraction``, or None while any is missing."""
+    found = {}
+    for candidate in regime.candidates:
+        result = _result(results, Job("student", regime, candidate, regime.curve_seed(), fraction))
+        if result is None or "curve" not in result:
+            return None
+        found[candidate] = result["curve"]
+    return found
+
+
+def replays(regime: Regime, results: dict) -> list[tuple[str, str, Replay]]:
+    """Every replayed search (name, objective, outcome) whose curves are in ``results``: TPE + ASHA with grace 1
+    (the search as shipped) and with grace max_t/4, and Hyperband (eta 3), at each curve budget and objective."""
+    found = []
+    for fraction in CURVE_BUDGETS:
+        recorded = curves(regime, results, fraction)
+        if recorded is None:
+            continue
+        max_t = regime.budget_epochs(fraction)
+        label = f"trial = {budget_label(fraction)}"
+        for objective in SEARCH_OBJECTIVES:
+            mode = METRIC_MODES[objective]
+            shipped = " (as shipped)" if fraction == SHIPPED_SEARCH_BUDGET and objective == "score_ce" else ""
+            found.append(
+                (
+                    f"search TPE+ASHA grace 1, {label}, {objective}{shipped}",
+                    objective,
+                    replay_tpe_asha(recorded, regime.candidates, objective, mode, grace=1),
+                )
+            )
+            grace = max(2, max_t // 4)
+            found.append(
+                (
+                    f"search TPE+ASHA grace {grace}, {label}, {objective}",
+                    objective,
+                    replay_tpe_asha(recorded, regime.candidates, objective, mode, grace=grace),
+                )
+            )
+            found.append(
+                (
+                    f"search Hyperband eta 3, {label}, {objective}",
+                    objective,
+                    replay_hyperband(recorded, regime.candidates, objective, mode),
+                )
+            )
+    return found
+
+
+def rule_results(regime: Regime, results: dict, top1: np.ndarray) -> list[RuleResult]:
     """Every rule whose inputs are in ``results``, judged against ``top1``; rules with missing inputs are left out."""
     rng = np.random.default_rng(0)
     candidates = list(regime.candidates)
@@ -115,33 +203,18 @@ def rule_results(regime: Regime, results: dict, top1: np.ndarray, trial_seed: in
         for name, field, mode in TEACHER_RULES:
             seconds = sum(row["t_stddev_seconds"] for row in rows) if field == "t_stddev" else one_pass
             rules.append(_rule(name, mode, [row[field] for row in rows], top1, candidates, seconds, sweep, rng))
-    trials = [_result(results, Job("trial", regime, c, trial_seed)) for c in candidates]
-    if all(trial is not None for trial in trials):
-        for name, field, mode in STUDENT_RULES:
-            extra = "val_seconds" if field == "val_acc" else "score_seconds"
-            seconds = sum(trial["train_seconds"] + trial[extra] for trial in trials)
-            rules.append(_rule(name, mode, [trial[field] for trial in trials], top1, candidates, seconds, sweep, rng))
-    for objective in SEARCH_OBJECTIVES:
-        search = results.get(search_key(regime, objective))
-        if search is None:
+    for fraction in BUDGETS:
+        runs = [_result(results, Job("student", regime, c, regime.curve_seed(), fraction)) for c in candidates]
+        if not all(run is not None for run in runs):
             continue
-        pick = candidates.index(search["winner"])
-        truth = top1.mean(1)
-        rules.append(
-            RuleResult(
-                rule=f"search TPE+ASHA, objective {objective}",
-                mode=METRIC_MODES[objective],
-                values=[],
-                rho=float("nan"),
-                rho_ci=(float("nan"), float("nan")),
-                tau=float("nan"),
-                tau_ci=(float("nan"), float("nan")),
-                pick=search["winner"],
-                regret_pp=100 * float(truth.max() - truth[pick]),
-                seconds=CONCURRENT_TRIALS * search["wall_seconds"],
-                cost_fraction=CONCURRENT_TRIALS * search["wall_seconds"] / sweep,
-            )
-        )
+        seconds = sum(run["seconds"] + run["read"]["read_seconds"] for run in runs)
+        for name, field, mode in STUDENT_RULES:
+            values = [run["read"][field] for run in runs]
+            label = f"{name} after {budget_label(fraction)} training"
+            rules.append(_rule(label, mode, values, top1, candidates, seconds, sweep, rng))
+    for name, objective, replay in replays(regime, results):
+        mode = METRIC_MODES[objective]
+        rules.append(_pick_rule(name + " (replayed)", mode, replay.winner, top1, candidates, replay.seconds, sweep))
     sweep_agree = one_seed_sweep(top1)
     rules.append(
         RuleResult(
@@ -151,7 +224,7 @@ def rule_results(regime: Regime, results: dict, top1: np.ndarray, trial_seed: in
             rho=sweep_agree.rho,
             rho_ci=sweep_agree.rho_range,
             tau=sweep_agree.tau,
-            tau_ci=(float("nan"), float("nan")),
+            tau_ci=NAN_PAIR,
             pick=", ".join(sorted({candidates[p] for p in sweep_agree.picks})),
             regret_pp=100 * sweep_agree.regret,
             seconds=sweep,
@@ -164,9 +237,9 @@ def rule_results(regime: Regime, results: dict, top1: np.ndarray, trial_seed: in
             mode="max",
             values=[],
             rho=0.0,
-            rho_ci=(float("nan"), float("nan")),
+            rho_ci=NAN_PAIR,
             tau=0.0,
-            tau_ci=(float("nan"), float("nan")),
+            tau_ci=NAN_PAIR,
             pick="(any)",
             regret_pp=100 * random_pick_regret(top1),
             seconds=0.0,
@@ -177,13 +250,13 @@ def rule_results(regime: Regime, results: dict, top1: np.ndarray, trial_seed: in
 
 
 def scoring_costs(regime: Regime, results: dict) -> dict | None:
-    """Per-candidate scoring cost against its floor (one plain teacher forward epoch over the scoring set): the
-    one-pass score, the two-pass score and T-stddev, mean seconds per candidate and as multiples of the floor."""
+    """Per-candidate scoring cost against its floor (one plain teacher forward epoch over the scoring subset): the
+    one-pass score, the two-pass score and T-stddev, mean CPU seconds per candidate and as multiples of the floor."""
     teacher = _result(results, Job("teacher_rules", regime))
     if teacher is None:
         return None
     rows = list(teacher["candidates"].values())
-    floor = teacher["floor_seconds"]
+    floor = max(teacher["floor_seconds"], 1e-9)
     one = float(np.mean([row["one_pass_seconds"] for row in rows]))
     two = float(np.mean([row["two_pass_seconds"] for row in rows]))
     t_std = float(np.mean([row["t_stddev_seconds"] for row in rows]))
@@ -196,26 +269,51 @@ def scoring_costs(regime: Regime, results: dict) -> dict | None:
         "one_pass_over_floor": one / floor,
         "two_pass_over_floor": two / floor,
         "t_stddev_over_floor": t_std / floor,
-        "two_pass_over_one_pass": two / one,
+        "two_pass_over_one_pass": two / max(one, 1e-9),
         "max_abs_diff_one_vs_two_pass": max(row["two_pass_max_abs_diff"] for row in rows),
-        "per_candidate": teacher["candidates"],
     }
 
 
-def throughput(regime: Regime, results: dict) -> dict | None:
-    """Training throughput (images/s, wall) of the trial loop: in plain PyTorch (the benchmark's own trial runs, two
-    worker processes) and inside Ray Tune trials (the search's per-epoch ``images_per_s``, two concurrent trials)."""
-    trials = [_result(results, Job("trial", regime, c, 0)) for c in regime.candidates]
-    searches = [results.get(search_key(regime, objective)) for objective in SEARCH_OBJECTIVES]
-    searches = [search for search in searches if search is not None]
-    if not all(trials) or not searches:
+def strong_margin(candidates: list[str], top1: np.ndarray) -> dict:
+    """The best strong candidate (not ``none`` nor RandomErasing alone) against ``none``: its name, the margin of
+    its mean top-1 over ``none``'s and twice the pooled seed sd (both pp), and whether the margin is >= 1 pp and
+    >= 2 seed sd (the issue's bar)."""
+    means = 100 * top1.mean(1)
+    seed_sd = float(100 * np.sqrt(top1.var(axis=1, ddof=1).mean())) if top1.shape[1] > 1 else float("nan")
+    strong = [i for i, c in enumerate(candidates) if c not in WEAK_CANDIDATES]
+    if "none" not in candidates or not strong:
+        return {"candidate": None, "margin_pp": float("nan"), "two_seed_sd_pp": 2 * seed_sd, "beats_none": False}
+    best = max(strong, key=lambda i: means[i])
+    margin = float(means[best] - means[candidates.index("none")])
+    return {
+        "candidate": candidates[best],
+        "margin_pp": margin,
+        "two_seed_sd_pp": 2 * seed_sd,
+        "beats_none": bool(margin >= 1.0 and margin >= 2 * seed_sd),
+    }
+
+
+def wall_estimate(regime: Regime, results: dict) -> dict | None:
+    """The regime's estimated wall seconds on 2 idle cores (two one-thread workers): every training epoch and read
+    of its jobs at the CPU probe's per-candidate seconds, the teacher's epochs at ``none``'s per-image rate, halved."""
+    probe = _result(results, Job("cpu_probe", regime))
+    if probe is None:
         return None
-    plain = [trial["images"] / trial["train_wall_seconds"] for trial in trials]
-    ray = [search["median_images_per_s"] for search in searches]
-    return {"plain_median_images_per_s": float(np.median(plain)), "ray_median_images_per_s": float(np.median(ray))}
+    rates = probe["candidates"]
+    reads = sum(regime.budget_epochs(f) for f in CURVE_BUDGETS) + sum(1 for f in BUDGETS if f not in CURVE_BUDGETS)
+    total = 0.0
+    for candidate in regime.candidates:
+        epoch, read = rates[candidate]["epoch_seconds"], rates[candidate]["read_seconds"]
+        total += (
+            len(regime.seeds) * regime.recipe.epochs * epoch + sum(regime.budget_epochs(f) for f in BUDGETS) * epoch
+        )
+        total += reads * read
+    per_image = rates["none"]["epoch_seconds"] / max(1, probe["student_images"])
+    teacher = regime.teacher.recipe.epochs * probe["teacher_images"] * per_image
+    return {"cpu_seconds": total + teacher, "wall_seconds_2_cores": (total + teacher) / 2}
 
 
-def regime_summary(regime: Regime, results: dict, trial_seed: int) -> dict:
+def regime_summary(regime: Regime, results: dict) -> dict:
     """Everything reported about one regime, as plain JSON-ready values (accuracies in percent)."""
     teacher = _result(results, Job("teacher", regime))
     summary = {
@@ -223,11 +321,13 @@ def regime_summary(regime: Regime, results: dict, trial_seed: int) -> dict:
         "description": regime.description,
         "config": {
             name: getattr(regime, name).model_dump()
-            for name in ("data", "teacher", "student", "quant", "kd", "recipe", "trial", "scorer")
+            for name in ("data", "teacher", "student", "quant", "kd", "recipe", "scorer")
         },
+        "planted": regime.planted.describe() if regime.planted is not None else None,
         "seeds": list(regime.seeds),
         "candidates": list(regime.candidates),
         "teacher": teacher,
+        "wall_estimate": wall_estimate(regime, results),
     }
     top1 = ground_truth(regime, results)
     if top1 is None:
@@ -235,24 +335,76 @@ def regime_summary(regime: Regime, results: dict, trial_seed: int) -> dict:
         summary.update(complete=False, completed_seeds=done)
         if done:
             partial = np.array(
-                [[results[Job("full", regime, c, s).key()]["test_top1"] for s in done] for c in regime.candidates]
+                [[results[Job("student", regime, c, s).key()]["test_top1"] for s in done] for c in regime.candidates]
             )
             summary["partial_top1_pct"] = (100 * partial).tolist()
         return summary
     gate = noise_gate(top1)
-    summary["scoring_costs"] = scoring_costs(regime, results)
-    summary["throughput"] = throughput(regime, results)
-    summary["searches"] = [
-        results[search_key(regime, o)] for o in SEARCH_OBJECTIVES if search_key(regime, o) in results
-    ]
     summary.update(
         complete=True,
         top1_pct=(100 * top1).tolist(),
         mean_pct=(100 * top1.mean(1)).tolist(),
         sd_pct=(100 * top1.std(1, ddof=1)).tolist(),
         gate={key: (100 * value if key.endswith("_sd") else value) for key, value in asdict(gate).items()},
+        strong_vs_none=strong_margin(list(regime.candidates), top1),
         sweep_seconds=sweep_seconds(regime, results),
         sweep_wall_seconds=sweep_seconds(regime, results, "wall_seconds"),
-        rules=[asdict(rule) for rule in rule_results(regime, results, top1, trial_seed)],
+        scoring_costs=scoring_costs(regime, results),
+        rules=[asdict(rule) for rule in rule_results(regime, results, top1)],
     )
     return summary
+
+
+def passing(summaries: list[dict]) -> list[dict]:
+    """The complete regimes whose ground truth passes the noise gate."""
+    return [s for s in summaries if s.get("complete") and s["gate"]["passes"]]
+
+
+def cross_regime(summaries: list[dict]) -> dict:
+    """Every rule across the passing regimes: per regime its Spearman, regret (pp) and cost (share of a sweep), its
+    worst-case regret and largest cost; and the recommended default, the rule with the lowest worst-case regret
+    among those costing at most :data:`DEFAULT_COST_LIMIT` of a sweep in every passing regime (ties: lower mean
+    regret, then lower cost). ``recommended`` is None when no regime passes."""
+    good = passing(summaries)
+    names: list[str] = []
+    for summary in good:
+        names += [rule["rule"] for rule in summary["rules"] if rule["rule"] not in names]
+    rows = []
+    for name in names:
+        per_regime = {}
+        for summary in good:
+            rule = next((r for r in summary["rules"] if r["rule"] == name), None)
+            if rule is not None:
+                per_regime[summary["regime"]] = {
+                    "rho": rule["rho"],
+                    "regret_pp": rule["regret_pp"],
+                    "cost_fraction": rule["cost_fraction"],
+                    "pick": rule["pick"],
+                }
+        complete = len(per_regime) == len(good)
+        regrets = [v["regret_pp"] for v in per_regime.values()]
+        costs = [v["cost_fraction"] for v in per_regime.values()]
+        rows.append(
+            {
+                "rule": name,
+                "per_regime": per_regime,
+                "in_every_passing_regime": complete,
+                "worst_regret_pp": max(regrets),
+                "mean_regret_pp": float(np.mean(regrets)),
+                "max_cost_fraction": max(costs),
+            }
+        )
+    eligible = [
+        row
+        for row in rows
+        if row["in_every_passing_regime"]
+        and row["max_cost_fraction"] <= DEFAULT_COST_LIMIT
+        and not row["rule"].startswith("random pick")
+    ]
+    eligible.sort(key=lambda row: (row["worst_regret_pp"], row["mean_regret_pp"], row["max_cost_fraction"]))
+    return {
+        "passing_regimes": [s["regime"] for s in good],
+        "rules": rows,
+        "cost_limit": DEFAULT_COST_LIMIT,
+        "recommended": eligible[0]["rule"] if eligible else None,
+    }

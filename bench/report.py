@@ -30,10 +30,19 @@ def _interval(ci) -> str:
 def regime_tables(summary: dict) -> list[str]:
     """Markdown lines for one regime: teacher, ground truth per candidate, noise gate, and the rules table."""
     lines = [f"### {summary['regime']}", "", summary["description"], ""]
+    estimate = summary.get("wall_estimate")
+    if estimate:
+        lines += [
+            f"Estimated wall time on 2 idle cores: {estimate['wall_seconds_2_cores'] / 60:.0f} min "
+            f"({estimate['cpu_seconds']:.0f} CPU s from the CPU probe's measured seconds per epoch and read).",
+            "",
+        ]
     teacher = summary.get("teacher")
     if teacher:
         trained = (
-            "loaded from an earlier run's cache" if teacher["cached"] else f"trained in {teacher['seconds']:.0f} CPU s"
+            "loaded from an earlier run's cache"
+            if teacher["cached"] or teacher["seconds"] is None
+            else f"trained in {teacher['seconds']:.0f} CPU s"
         )
         lines.append(f"Teacher (full precision): test top-1 {100 * teacher['test_top1']:.2f}%, {trained}.")
         lines.append("")
@@ -73,17 +82,24 @@ def regime_tables(summary: dict) -> list[str]:
         f"Noise gate: split-half Spearman {gate['split_half_rho']:+.2f} over {gate['n_splits']} balanced splits; "
         f"between-candidate sd {gate['between_candidate_sd']:.2f} pp, seed sd {gate['seed_sd']:.2f} pp: **{verdict}**. "
         f"One full sweep ({len(summary['candidates'])} candidates x 1 seed): {summary['sweep_seconds']:.0f} CPU s "
-        f"({summary['sweep_wall_seconds']:.0f} s wall on the shared machine).",
+        f"({summary['sweep_wall_seconds']:.0f} s wall).",
         "",
     ]
-    if not gate["passes"]:
+    strong = summary["strong_vs_none"]
+    if strong["candidate"] is not None:
         lines += [
-            "The ground truth of this regime is seed noise: its rule agreements are left out here (they are in "
-            "results.json, flagged by the gate) and no ranking claim is made on it.",
+            f"Best strong candidate vs `none`: {strong['candidate']} {strong['margin_pp']:+.2f} pp (2 x seed sd = "
+            f"{strong['two_seed_sd_pp']:.2f} pp): {'beats none' if strong['beats_none'] else 'does not beat none'} "
+            "by the bar (>= 1 pp and >= 2 seed sd).",
             "",
         ]
-    else:
-        lines += rules_table(summary["rules"])
+    if not gate["passes"]:
+        lines += [
+            "The gate FAILS: the ground truth of this regime is not separable from seed noise, so the rules below "
+            "are shown for the record only and no ranking claim is made on it.",
+            "",
+        ]
+    lines += rules_table(summary["rules"])
     lines += scoring_lines(summary)
     return lines
 
@@ -104,8 +120,10 @@ def rules_table(rules: list[dict]) -> list[str]:
         "",
         "Spearman/Kendall are sign-corrected (positive: the rule ranks the candidates as full training does); the "
         "interval resamples seeds of the ground truth (for the 1-seed sweep: the range over left-out seeds). Costs "
-        "are CPU seconds of one thread over one full sweep's CPU seconds (search: its wall seconds x 2 trial slots, "
-        "an upper bound of its CPU seconds); the teacher's own training, shared by every rule, is not counted.",
+        "are CPU seconds over one full sweep's CPU seconds (teacher rules: one thread on CPU; trainings and replayed "
+        "searches: the worker's CPU seconds on the run's device); the teacher's own training, shared by every rule, "
+        "is not counted. Searches marked (replayed) replay the recorded per-epoch curves of the seed-0 runs through "
+        "the scheduler's rules (bench/schedulers.py), not real Ray searches.",
         "",
     ]
     return lines
@@ -124,21 +142,6 @@ def scoring_lines(summary: dict) -> list[str]:
             f"{costs['two_pass_over_one_pass']:.2f}x one-pass); T-stddev {costs['t_stddev_seconds']:.3f} s "
             f"({costs['t_stddev_over_floor']:.1f}x floor). Largest |one-pass - two-pass| over the score terms: "
             f"{costs['max_abs_diff_one_vs_two_pass']:.1e}.",
-        ]
-    speed = summary.get("throughput")
-    if speed:
-        lines += [
-            "",
-            f"Trial-loop training throughput (wall, two at a time; each measured under whatever else ran on the "
-            f"machine then): plain PyTorch worker processes {speed['plain_median_images_per_s']:.0f} images/s, "
-            f"inside Ray Tune trials {speed['ray_median_images_per_s']:.0f} images/s (medians).",
-        ]
-    for search in summary.get("searches", []):
-        lines += [
-            "",
-            f"Search ({search['objective']}): {search['trials']} trials, {search['epochs_trained']} trial epochs "
-            f"after ASHA, tried {len(search['candidates_tried'])} distinct candidates, winner {search['winner']}, "
-            f"{search['wall_seconds']:.0f} s wall.",
         ]
     return lines + [""]
 
@@ -160,34 +163,90 @@ def scatter_plot(summary: dict, path: Path) -> None:
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(rules) :]:
         ax.axis("off")
-    fig.suptitle(f"{summary['regime']}: rule value vs final quantized top-1", fontsize=10)
+    fig.suptitle(f"{summary['regime']}: rule value vs final quantized top-1 ({verdict(summary)})", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def verdict(summary: dict) -> str:
+    """The regime's gate verdict in words, for plot titles."""
+    gate = summary["gate"]
+    word = "gate passes" if gate["passes"] else "gate FAILS: seed noise, no ranking claim"
+    return f"split-half rho {gate['split_half_rho']:+.2f}, {word}"
 
 
 def cost_regret_plot(summaries: list[dict], path: Path) -> None:
-    """Every rule of every regime that passes the noise gate as a point: compute as a fraction of one full sweep (x, log) vs regret."""
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    """Every rule of every complete regime as a point: compute as a fraction of one full sweep (x, log) vs regret;
+    filled markers for regimes that pass the noise gate, hollow for those that fail it (no claim)."""
+    fig, ax = plt.subplots(figsize=(8, 5.5))
     markers = "osD^v<>"
     floor = 1e-4
-    for index, summary in enumerate(s for s in summaries if s.get("complete") and s["gate"]["passes"]):
+    complete = [s for s in summaries if s.get("complete")]
+    for index, summary in enumerate(complete):
+        passes = summary["gate"]["passes"]
+        marker = markers[index % len(markers)]
         for rule in summary["rules"]:
             x = max(rule["cost_fraction"], floor)
-            ax.scatter(x, rule["regret_pp"], marker=markers[index % len(markers)], s=30, label=None)
-            ax.annotate(
-                rule["rule"].replace(" (leave-one-out)", ""),
-                (x, rule["regret_pp"]),
-                fontsize=6,
-                xytext=(3, 2),
-                textcoords="offset points",
+            ax.scatter(
+                x,
+                rule["regret_pp"],
+                marker=marker,
+                s=28,
+                facecolors=None if passes else "none",
+                edgecolors="C0" if passes else "C3",
             )
-        ax.scatter([], [], marker=markers[index % len(markers)], color="gray", label=summary["regime"])
+            if passes:
+                ax.annotate(
+                    rule["rule"].replace(" (leave-one-out)", "").replace(" (replayed)", ""),
+                    (x, rule["regret_pp"]),
+                    fontsize=5,
+                    xytext=(3, 2),
+                    textcoords="offset points",
+                )
+        ax.scatter(
+            [], [], marker=marker, color="C0" if passes else "C3", label=f"{summary['regime']} ({verdict(summary)})"
+        )
+    if not complete:
+        ax.text(0.5, 0.5, "no regime has a complete ground truth yet", transform=ax.transAxes, ha="center")
     ax.set_xscale("log")
     ax.set_xlabel(f"compute / one full sweep (log; zero-cost rules drawn at {floor:g})")
     ax.set_ylabel("regret: best mean top-1 minus the pick's (pp)")
-    ax.legend(fontsize=7)
-    ax.set_title("cost vs regret of every rule", fontsize=10)
+    ax.legend(fontsize=6)
+    n_pass = sum(1 for s in complete if s["gate"]["passes"])
+    ax.set_title(
+        f"cost vs regret of every rule ({n_pass} of {len(complete)} complete regimes pass the gate)", fontsize=9
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def cross_regime_lines(table: dict) -> list[str]:
+    """Markdown lines of the cross-regime table and the recommended default."""
+    regimes = table["passing_regimes"]
+    if not regimes:
+        return ["No regime passes the noise gate: no cross-regime table and no recommended default.", ""]
+    lines = [
+        "| rule | " + " | ".join(f"{r}: rho / regret pp / cost" for r in regimes) + " | worst regret (pp) | max cost |",
+        "|---|" + "---|" * len(regimes) + "---|---|",
+    ]
+    for row in sorted(table["rules"], key=lambda r: (r["worst_regret_pp"], r["max_cost_fraction"])):
+        cells = []
+        for regime in regimes:
+            cell = row["per_regime"].get(regime)
+            cells.append(
+                "-" if cell is None else f"{_fmt(cell['rho'])} / {cell['regret_pp']:.2f} / {cell['cost_fraction']:.3f}"
+            )
+        name = f"**{row['rule']}**" if row["rule"] == table["recommended"] else row["rule"]
+        lines.append(
+            f"| {name} | " + " | ".join(cells) + f" | {row['worst_regret_pp']:.2f} | {row['max_cost_fraction']:.3f} |"
+        )
+    recommended = table["recommended"] or "none (no rule within the cost limit is judged on every passing regime)"
+    lines += [
+        "",
+        f"**Recommended default** (lowest worst-case regret over the {len(regimes)} passing regime(s) among rules "
+        f"costing <= {table['cost_limit']:.0%} of a full sweep in each): {recommended}.",
+        "",
+    ]
+    return lines

@@ -1,11 +1,14 @@
-"""``python -m bench.run [--quick] [--out DIR]``: the daq-search benchmark.
+"""``python -m bench.run [--quick] [--regimes A,B] [--device cuda] [--jobs N] [--work DIR] [--out DIR]``: the
+daq-search benchmark.
 
 For every regime: train the teacher once; train the quantized student with KD to completion under every candidate
-and seed (the ground truth) and apply the noise gate; score every candidate with the teacher (zero-training rules,
-one-pass vs two-pass cost); train the student for the trial budget and read the student-scored rules; then judge
-every rule against the ground truth. Work runs in ``--workers`` processes of one torch thread each; every finished
-job is cached in ``<work>/results.json`` so a re-run resumes. Writes ``results.md``, ``results.json`` and PNG plots
-to ``--out``.
+and seed (the ground truth) and apply the noise gate; score every candidate with the teacher; train the student at
+10, 25 and 50 % of the full epochs (each its own cosine schedule) and read the student-scored rules; replay the
+searches on the recorded per-epoch curves; then judge every rule against the ground truth, per regime and across
+the passing regimes. Work runs in ``--jobs`` processes of one torch thread each (sharing the GPU with
+``--device cuda``); every finished job is cached in ``<work>/results.json`` so a re-run resumes; ``--budget-s``
+stops starting jobs when time runs out. Writes ``results.json``, ``summary.md``, ``results.md`` and PNG plots to
+``--out`` whatever the gate says.
 """
 
 from __future__ import annotations
@@ -21,118 +24,153 @@ from pathlib import Path
 
 import torch
 
-from .analysis import regime_summary
-from .loop_ratio import record as record_loop_ratio
-from .regimes import FULL_REGIMES, Regime, quick_regimes
-from .report import cost_regret_plot, regime_tables, scatter_plot
-from .runs import Job, execute
-from .search_rule import SEARCH_OBJECTIVES, run_search_rule, search_key
+from daq_search.kd import teacher_key
 
-TRIAL_SEED = 0
+from .analysis import cross_regime, passing, regime_summary
+from .loop_ratio import record as record_loop_ratio
+from .regimes import BUDGETS, FULL_REGIMES, QUICK_REGIMES, Regime, build_regime, parse_seeds
+from .report import cost_regret_plot, cross_regime_lines, regime_tables, scatter_plot
+from .runs import Job, execute, teacher_checkpoint
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="CI-sized smoke run (its numbers are not claims)")
-    parser.add_argument("--out", default="bench/results", help="folder for results.md, results.json and plots")
+    parser.add_argument("--regimes", default=None, help="comma-separated regime names (default: all full regimes)")
+    parser.add_argument(
+        "--seeds", default=None, help="comma-separated seeds replacing every regime's (or $DAQ_BENCH_SEEDS)"
+    )
+    parser.add_argument("--device", default="cpu", help="where students and teachers train: cpu or cuda")
+    parser.add_argument("--jobs", "--workers", dest="jobs", type=int, default=2, help="worker processes")
+    parser.add_argument("--out", default="bench/results", help="folder for the outputs")
     parser.add_argument("--work", default=None, help="cache folder (default bench/work/full or bench/work/quick)")
-    parser.add_argument("--workers", type=int, default=2, help="worker processes, one torch thread each")
+    parser.add_argument("--budget-s", type=float, default=None, help="start no job after this many seconds")
+    parser.add_argument(
+        "--grace-s", type=float, default=60.0, help="with --budget-s: then wait this long for running jobs"
+    )
     parser.add_argument("--report-only", action="store_true", help="write the outputs from the cache, run nothing")
     return parser.parse_args(argv)
 
 
 def plan_jobs(regimes: tuple[Regime, ...]) -> tuple[list[Job], list[Job]]:
-    """(teacher jobs, every other job) in priority order: the teacher rules of every regime, then per regime its
-    ground-truth runs (seed by seed, so a cut-short run still holds whole seeds) followed by its trial runs."""
-    teachers = [Job("teacher", regime) for regime in regimes]
-    jobs = [Job("teacher_rules", regime) for regime in regimes]
+    """(teacher jobs, every other job) in priority order, regime by regime: the CPU probe and teacher rules, the
+    curve seed's full runs, the budget runs, then the other seeds' full runs seed by seed (so a cut-short run holds
+    whole seeds). Regimes that share a teacher train it once: only the first of them has a teacher job that trains
+    it; the others' teacher jobs (which load it and measure it) wait for its checkpoint, like every other job."""
+    teachers, jobs, seen = [], [], set()
     for regime in regimes:
-        jobs += [Job("full", regime, c, s) for s in regime.seeds for c in regime.candidates]
-        jobs += [Job("trial", regime, c, TRIAL_SEED) for c in regime.candidates]
+        checkpoint = teacher_key(regime.teacher_data or regime.data, regime.teacher)
+        (jobs if checkpoint in seen else teachers).append(Job("teacher", regime))
+        seen.add(checkpoint)
+    for regime in regimes:
+        jobs += [Job("cpu_probe", regime), Job("teacher_rules", regime)]
+        first, *others = regime.seeds
+        jobs += [Job("student", regime, c, first) for c in regime.candidates]
+        jobs += [Job("student", regime, c, first, f) for f in BUDGETS for c in regime.candidates]
+        jobs += [Job("student", regime, c, s) for s in others for c in regime.candidates]
+    unique = {job.key(): job for job in reversed(jobs)}
+    jobs = [job for job in jobs if unique[job.key()] is job]
     return teachers, jobs
 
 
-def _execute_safely(args: tuple[Job, str]) -> tuple[str, dict]:
+def _execute_safely(args: tuple[Job, str, str]) -> tuple[str, dict]:
     """``execute`` in a worker; an exception becomes ``{"error": traceback}`` (not cached) instead of stopping all."""
-    job, work_dir = args
+    job, work_dir, device = args
     start = time.perf_counter()
     try:
-        key, result = execute(job, work_dir)
+        key, result = execute(job, work_dir, device)
     except Exception:
         return job.key(), {"error": traceback.format_exc()}
     result["job_seconds"] = time.perf_counter() - start
     return key, result
 
 
-def _save(results: dict, path: Path) -> None:
-    """Write the cache atomically."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=1, sort_keys=True))
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temp file and ``os.replace``."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
     os.replace(tmp, path)
 
 
 def _describe(job: Job, result: dict) -> str:
     if "error" in result:
         return f"FAILED: {result['error'].strip().splitlines()[-1]}"
-    if job.kind in ("full", "teacher"):
+    if job.kind in ("student", "teacher"):
         return f"test top-1 {100 * result['test_top1']:.2f}%"
-    if job.kind == "trial":
-        return f"score {result['score']:.4f}, val acc {100 * result['val_acc']:.1f}%"
-    return f"{len(result['candidates'])} candidates scored"
+    return "done"
 
 
-def run_jobs(jobs: list[Job], results: dict, cache: Path, work_dir: Path, pool, log) -> None:
-    """Run the jobs not yet in ``results`` (on ``pool``, or in this process when it is None), caching each result
-    as it arrives."""
+def run_jobs(jobs, results, cache, work_dir, device, pool, slots, deadline, grace_s, log) -> bool:
+    """Run the jobs not yet in ``results`` (on ``pool``, at most ``slots`` at once, or in this process when it is
+    None, in order), caching each result as it arrives; on the pool a job starts once its regime's teacher
+    checkpoint exists (teacher jobs, which train it, start at once); no job starts after ``deadline`` (a ``time.monotonic`` value, or None) and running ones are given
+    ``grace_s`` more. Returns False when the deadline cut the run short."""
     todo = [job for job in jobs if job.key() not in results]
     if not todo:
-        return
-    by_key = {job.key(): job for job in todo}
+        return True
     log(f"{len(todo)} jobs to run ({len(jobs) - len(todo)} cached)")
-    args = [(job, str(work_dir)) for job in todo]
-    outcomes = map(_execute_safely, args) if pool is None else pool.imap_unordered(_execute_safely, args)
-    for done, (key, result) in enumerate(outcomes, 1):
-        job = by_key[key]
+    done = 0
+
+    def record(job: Job, key: str, result: dict) -> None:
+        nonlocal done
+        done += 1
         log(
-            f"[{done}/{len(todo)}] {job.kind} {job.regime.name} {job.candidate} seed {job.seed}: "
-            f"{_describe(job, result)} ({result.get('job_seconds', 0):.0f} s)"
+            f"[{done}/{len(todo)}] {job.kind} {job.regime.name} {job.candidate} seed {job.seed} "
+            f"{job.fraction:g}: {_describe(job, result)} ({result.get('job_seconds', 0):.0f} s)"
         )
         if "error" not in result:
             results[key] = result
-            _save(results, cache)
+            write_atomic(cache, json.dumps(results, indent=1, sort_keys=True))
+
+    if pool is None:
+        for job in todo:
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            record(job, *_execute_safely((job, str(work_dir), device)))
+        return True
+    pending, running, trainers, trained = list(todo), {}, set(), set()
+    for job in todo:
+        checkpoint = teacher_checkpoint(job.regime, work_dir)
+        if job.kind == "teacher" and checkpoint not in trained:
+            trainers.add(job.key())
+            trained.add(checkpoint)
+    while pending or running:
+        out_of_time = deadline is not None and time.monotonic() > deadline
+        startable = [
+            job for job in pending if job.key() in trainers or teacher_checkpoint(job.regime, work_dir).is_file()
+        ]
+        while startable and len(running) < slots and not out_of_time:
+            job = startable.pop(0)
+            pending.remove(job)
+            running[job.key()] = (job, pool.apply_async(_execute_safely, ((job, str(work_dir), device),)))
+        if not running and pending and not startable and not out_of_time:
+            log(f"{len(pending)} jobs wait for a teacher that failed to train; giving up on them")
+            return False
+        for key, (job, handle) in list(running.items()):
+            if handle.ready():
+                del running[key]
+                record(job, *handle.get())
+        if out_of_time and (not running or time.monotonic() > deadline + grace_s):
+            return not pending and not running
+        time.sleep(0.05)
+    return True
 
 
-def run_searches(
-    regimes: tuple[Regime, ...], objectives: tuple[str, ...], results: dict, cache: Path, work_dir: Path, log
-) -> None:
-    """The search rule for every regime and objective not yet cached: one Ray Tune search each, in this process
-    (Ray starts its own two trial workers), as many trials as the regime has candidates."""
-    for regime in regimes:
-        for objective in objectives:
-            key = search_key(regime, objective)
-            if key in results:
-                continue
-            try:
-                results[key] = run_search_rule(regime, objective, work_dir, len(regime.candidates), log)
-            except Exception:
-                log(f"search {regime.name} {objective} FAILED: {traceback.format_exc().strip().splitlines()[-1]}")
-                continue
-            _save(results, cache)
-
-
-def write_outputs(summaries: list[dict], out: Path, quick: bool, wall_seconds: float) -> None:
-    """results.json (every number), results.md (tables) and the plots."""
+def write_outputs(summaries: list[dict], out: Path, quick: bool, meta: dict) -> None:
+    """results.json (every number), summary.md (regimes, gates, cross-regime table, default), results.md (per-regime
+    tables) and the plots (a scatter per complete regime and the cost-regret plot), whatever the gates say."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(
-        json.dumps({"quick": quick, "wall_seconds": wall_seconds, "regimes": summaries}, indent=1)
+    table = cross_regime(summaries)
+    write_atomic(
+        out / "results.json",
+        json.dumps({"quick": quick, **meta, "regimes": summaries, "cross_regime": table}, indent=1),
     )
+    smoke = " (QUICK SMOKE RUN: numbers are not claims)" if quick else ""
     lines = [
-        "# daq-search benchmark: raw tables" + (" (QUICK SMOKE RUN: numbers are not claims)" if quick else ""),
+        f"# daq-search benchmark: raw tables{smoke}",
         "",
-        f"Written by `python -m bench.run{' --quick' if quick else ''}` from its job cache (this invocation ran "
-        f"{wall_seconds / 60:.1f} min; cached jobs are not re-run). Accuracies in %, regrets in percentage points "
-        "(pp).",
+        "Accuracies in %, regrets in percentage points (pp).",
         "",
     ]
     for summary in summaries:
@@ -140,10 +178,58 @@ def write_outputs(summaries: list[dict], out: Path, quick: bool, wall_seconds: f
         if summary.get("complete"):
             scatter_plot(summary, out / f"scatter-{summary['regime']}.png")
             lines += [f"![scatter](scatter-{summary['regime']}.png)", ""]
-    if any(summary.get("complete") and summary["gate"]["passes"] for summary in summaries):
-        cost_regret_plot(summaries, out / "cost-regret.png")
-        lines += ["![cost vs regret](cost-regret.png)", ""]
-    (out / "results.md").write_text("\n".join(lines))
+    cost_regret_plot(summaries, out / "cost-regret.png")
+    write_atomic(out / "results.md", "\n".join(lines))
+    write_atomic(out / "summary.md", "\n".join(summary_lines(summaries, table, quick, meta)))
+
+
+def summary_lines(summaries: list[dict], table: dict, quick: bool, meta: dict) -> list[str]:
+    """The summary: every regime's gate and verdict, the cross-regime table and the recommended default."""
+    lines = [
+        "# daq-search benchmark: summary" + (" (QUICK SMOKE RUN: numbers are not claims)" if quick else ""),
+        "",
+        f"Device {meta['device']}, {meta['jobs']} worker processes, this invocation {meta['wall_seconds'] / 60:.1f} "
+        f"min{' (stopped early by --budget-s: unfinished regimes are marked)' if meta['cut_short'] else ''}. "
+        "Raw tables: results.md; every number: results.json; plots: scatter-*.png and cost-regret.png.",
+        "",
+        "| regime | seeds done | gate (split-half rho) | verdict | best strong vs none (pp) | est. wall, 2 idle cores |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in summaries:
+        estimate = s.get("wall_estimate")
+        wall = f"{estimate['wall_seconds_2_cores'] / 60:.0f} min" if estimate else "n/a"
+        if not s.get("complete"):
+            done = len(s.get("completed_seeds", []))
+            lines.append(f"| {s['regime']} | {done} of {len(s['seeds'])} | - | incomplete | - | {wall} |")
+            continue
+        gate, strong = s["gate"], s["strong_vs_none"]
+        margin = (
+            "-"
+            if strong["candidate"] is None
+            else (
+                f"{strong['candidate']} {strong['margin_pp']:+.2f} (2 sd {strong['two_seed_sd_pp']:.2f})"
+                f"{': beats none' if strong['beats_none'] else ''}"
+            )
+        )
+        verdict = "passes" if gate["passes"] else "fails (seed noise)"
+        lines.append(
+            f"| {s['regime']} | {len(s['seeds'])} of {len(s['seeds'])} | {gate['split_half_rho']:+.2f} | {verdict} | "
+            f"{margin} | {wall} |"
+        )
+    lines += ["", "## Every rule across the passing regimes", ""]
+    lines += cross_regime_lines(table)
+    lines += [
+        "Searches marked (replayed) are not real Ray searches: the seed-0 runs at 25 % and 100 % of the full epochs "
+        "record every metric after every epoch, and bench/schedulers.py replays TPE (Optuna's own sampler) with "
+        "Ray Tune's ASHA rule, or Hyperband, over those curves one trial at a time; the search as shipped is TPE + "
+        "ASHA grace 1 on `score_ce` with a 25 % trial budget. Student rules at 10/25/50 % read a student trained "
+        "with its own complete cosine schedule over that budget.",
+        "",
+    ]
+    for s in passing(summaries):
+        lines += [f"![scatter](scatter-{s['regime']}.png)", ""]
+    lines += ["![cost vs regret](cost-regret.png)", ""]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,7 +237,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(1)
     start = time.perf_counter()
-    regimes = quick_regimes() if args.quick else FULL_REGIMES
+    names = args.regimes.split(",") if args.regimes else (QUICK_REGIMES if args.quick else FULL_REGIMES)
+    seeds = parse_seeds(args.seeds) if args.seeds else None
+    try:
+        regimes = tuple(build_regime(name.strip(), seeds) for name in names)
+    except ValueError as error:
+        print(f"python -m bench.run: error: {error}", file=sys.stderr)
+        return 2
     work_dir = Path(args.work or f"bench/work/{'quick' if args.quick else 'full'}")
     work_dir.mkdir(parents=True, exist_ok=True)
     cache = work_dir / "results.json"
@@ -163,20 +255,29 @@ def main(argv: list[str] | None = None) -> int:
     teachers, jobs = plan_jobs(regimes)
     if args.report_only:
         teachers, jobs = [], []
-    pool = multiprocessing.get_context("spawn").Pool(args.workers) if args.workers > 1 and jobs else None
+    deadline = None if args.budget_s is None else time.monotonic() + args.budget_s
+    pool = None
+    if args.jobs > 1 and any(job.key() not in results for job in teachers + jobs):
+        pool = multiprocessing.get_context("spawn").Pool(args.jobs)
+    finished = False
     try:
-        run_jobs(teachers, results, cache, work_dir, pool, log)
-        run_jobs(jobs, results, cache, work_dir, pool, log)
+        finished = run_jobs(
+            teachers + jobs, results, cache, work_dir, args.device, pool, args.jobs, deadline, args.grace_s, log
+        )
     finally:
         if pool is not None:
-            pool.close()
+            pool.terminate() if not finished else pool.close()
             pool.join()
-    if not args.report_only:
-        run_searches(regimes, SEARCH_OBJECTIVES, results, cache, work_dir, log)
-    summaries = [regime_summary(regime, results, TRIAL_SEED) for regime in regimes]
-    write_outputs(summaries, Path(args.out), args.quick, time.perf_counter() - start)
+    summaries = [regime_summary(regime, results) for regime in regimes]
+    meta = {
+        "device": args.device,
+        "jobs": args.jobs,
+        "wall_seconds": time.perf_counter() - start,
+        "cut_short": not finished,
+    }
+    write_outputs(summaries, Path(args.out), args.quick, meta)
     record_loop_ratio(Path(args.out) / "results.json", work_dir, log, quick=args.quick)
-    log(f"wrote {args.out}/results.md")
+    log(f"wrote {args.out}/summary.md")
     return 0
 
 

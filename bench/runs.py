@@ -1,6 +1,7 @@
-"""The benchmark's units of work, each run in a worker process: train a teacher, train a student to completion
-(ground truth), train a student for the trial budget and read the student-scored rules, and score every candidate
-with the teacher (the zero-training rules and their costs)."""
+"""The benchmark's units of work, each run in a worker process through the package's own pipeline: train a teacher
+(``kd.get_teacher``), train a student under a candidate for a budget (``trial_training.TrialTraining``, the loop a
+search trial runs), score every candidate with the teacher (``search.teacher_metrics`` on ``search.scoring_subset``),
+and a CPU probe that times one epoch per candidate to estimate the regime's wall time on 2 idle cores."""
 
 from __future__ import annotations
 
@@ -10,47 +11,58 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import Subset
 
-from daq_search.augment import build_batch_mix, parse_candidate
-from daq_search.data import DataBundle, load_data, stratified_indices
-from daq_search.kd import (
-    build_student,
-    eval_loader,
-    evaluate,
-    get_teacher,
-    make_optimizer,
-    make_scheduler,
-    run_epoch,
-    teacher_key,
-    train_loader,
-)
-from daq_search.metric import score_candidate, teacher_t_stddev
+from daq_search.augment import parse_candidate
+from daq_search.data import DataBundle, load_data
+from daq_search.kd import eval_loader, evaluate, get_teacher, teacher_key
+from daq_search.metric import score_candidate
+from daq_search.search import scoring_subset, teacher_metrics
+from daq_search.trial_training import TrialTraining
 
-from .regimes import Regime
+from .planted import apply_nuisance
+from .regimes import CURVE_BUDGETS, Regime
 from .twopass import two_pass_score
 
-JOB_KINDS = ("teacher", "full", "trial", "teacher_rules")
+JOB_KINDS = ("teacher", "student", "teacher_rules", "cpu_probe")
+READ_FIELDS = ("score", "score_ce", "cmi", "align", "sample_ce", "val_acc", "val_loss")
+"""The student metrics a run reads (the per-epoch metrics of a search trial)."""
 
 
 def cpu_seconds() -> float:
     """CPU seconds used by this process so far. Every worker runs one torch thread, so on an idle core this is its
-    wall time, and unlike wall time it does not grow when other programs share the machine; all costs use it."""
+    wall time, and unlike wall time it does not grow when other programs share the machine."""
     return time.process_time()
 
 
 @dataclass(frozen=True)
 class Job:
-    """One unit of work: ``kind`` (one of JOB_KINDS) for ``regime``, a candidate id and a seed where they apply."""
+    """One unit of work: ``kind`` (one of JOB_KINDS) for ``regime``; a student job has a candidate, a seed and a
+    budget ``fraction`` of the full epochs."""
 
     kind: str
     regime: Regime
     candidate: str = ""
     seed: int = 0
+    fraction: float = 1.0
 
     def key(self) -> str:
-        """The cache key of this job's result (changes when anything that fixes the result changes)."""
-        return f"{self.regime.name}|{self.regime.key()}|{self.kind}|{self.candidate}|{self.seed}"
+        """The cache key of this job's result (changes when anything that fixes the result changes); student jobs
+        are keyed by their epochs, so budgets that round to the same epochs share one run."""
+        budget = f"{self.epochs()}ep" if self.kind == "student" else ""
+        return f"{self.regime.name}|{self.regime.key()}|{self.kind}|{self.candidate}|{self.seed}|{budget}"
+
+    def epochs(self) -> int:
+        """Training epochs of a student job (its budget)."""
+        return self.regime.budget_epochs(self.fraction)
+
+    def records_curve(self) -> bool:
+        """Whether this student job reads every metric after every epoch (seed-0 runs at a curve budget)."""
+        curve_epochs = {self.regime.budget_epochs(f) for f in CURVE_BUDGETS}
+        return self.seed == self.regime.curve_seed() and self.epochs() in curve_epochs
+
+    def reads_student(self) -> bool:
+        """Whether this student job reads the student's metrics at its end (the curve seed's runs)."""
+        return self.seed == self.regime.curve_seed()
 
 
 _BUNDLES: dict[tuple[str, str], DataBundle] = {}
@@ -60,35 +72,42 @@ def _teacher_bundle(regime: Regime) -> DataBundle:
     """The split the teacher is trained on (``teacher_data``, else the student's), loaded once per process."""
     if regime.teacher_data is None:
         return _bundle(regime)
-    key = (regime.name, "teacher")
+    key = (regime.key(), "teacher")
     if key not in _BUNDLES:
         _BUNDLES[key] = load_data(regime.teacher_data.spec())
     return _BUNDLES[key]
 
 
 def _bundle(regime: Regime) -> DataBundle:
-    """The student's data, loaded once per worker process; with ``teacher_data`` its normalisation is the
-    teacher's split's, so both models see identical inputs."""
-    key = (regime.name, "student")
+    """The student's data, loaded once per worker process; with ``teacher_data`` its normalisation is the teacher
+    split's, so both models see identical inputs; with ``planted`` its validation and test images carry the
+    nuisance."""
+    key = (regime.key(), "student")
     if key not in _BUNDLES:
         bundle = load_data(regime.data.spec())
         if regime.teacher_data is not None:
             teacher_bundle = _teacher_bundle(regime)
             bundle = dataclasses.replace(bundle, mean=teacher_bundle.mean, std=teacher_bundle.std)
+        if regime.planted is not None:
+            bundle = dataclasses.replace(
+                bundle,
+                val=apply_nuisance(bundle.val, regime.planted, seed=1),
+                test=apply_nuisance(bundle.test, regime.planted, seed=2),
+            )
         _BUNDLES[key] = bundle
     return _BUNDLES[key]
 
 
 def test_set(regime: Regime):
-    """The images every test accuracy of the regime is measured on: the teacher split's test set (it holds no
-    image either model trained on; with no ``teacher_data`` it is the student's own test set)."""
-    return _teacher_bundle(regime).test
+    """The images every test accuracy of the regime is measured on: the teacher split's test set when the teacher
+    has its own split (it holds no image either model trained on), else the student's (nuisance included)."""
+    return (_teacher_bundle(regime) if regime.teacher_data is not None else _bundle(regime)).test
 
 
-def _teacher(regime: Regime, work_dir: Path, log=lambda message: None) -> torch.nn.Module:
-    """The regime's teacher from the cache in ``work_dir/teachers`` (trained there the first time)."""
+def _teacher(regime: Regime, work_dir: Path) -> torch.nn.Module:
+    """The regime's teacher from the cache in ``work_dir/teachers`` (trained there the first time, on CPU)."""
     data = regime.teacher_data or regime.data
-    model, _ = get_teacher(data, regime.teacher, _teacher_bundle(regime), work_dir / "teachers", log=log)
+    model, _ = get_teacher(data, regime.teacher, _teacher_bundle(regime), work_dir / "teachers", log=lambda m: None)
     return model.eval()
 
 
@@ -97,112 +116,83 @@ def teacher_checkpoint(regime: Regime, work_dir: Path) -> Path:
     return work_dir / "teachers" / f"teacher-{teacher_key(regime.teacher_data or regime.data, regime.teacher)}.pt"
 
 
-def scoring_set(regime: Regime, bundle: DataBundle) -> Subset:
-    """The seeded stratified subset of the training split that every rule scores: ``scorer.subset`` images spread
-    evenly over the classes (all of a class when it has fewer)."""
-    counts = torch.bincount(bundle.train.labels, minlength=bundle.num_classes)
-    per_class = min(regime.scorer.subset // bundle.num_classes, int(counts.min()))
-    picks = stratified_indices(bundle.train.labels, per_class, seed=regime.data.seed)
-    return Subset(bundle.train, picks.tolist())
-
-
-def _train_student(regime: Regime, candidate_id: str, seed: int, epochs: int, work_dir: Path):
-    """A quantized student trained with KD under the candidate for ``epochs`` (cosine over those epochs); returns
-    it, the images seen, training CPU seconds and wall seconds."""
-    bundle = _bundle(regime)
-    teacher = _teacher(regime, work_dir)
-    candidate = parse_candidate(candidate_id)
-    recipe = regime.recipe.model_copy(update={"epochs": epochs})
-    student = build_student(regime.student, regime.quant, bundle, teacher, seed=seed)
-    loader = train_loader(bundle.train, candidate, bundle, recipe.batch_size, seed)
-    optimizer = make_optimizer(student.parameters(), recipe)
-    scheduler = make_scheduler(optimizer, recipe, len(loader))
-    mix = build_batch_mix(candidate, bundle.num_classes)
-    images = 0
-    start, wall_start = cpu_seconds(), time.perf_counter()
-    for _ in range(epochs):
-        stats = run_epoch(student, loader, optimizer, mix=mix, teacher=teacher, kd=regime.kd, scheduler=scheduler)
-        images += stats.images
-    return student, images, cpu_seconds() - start, time.perf_counter() - wall_start
-
-
-def run_teacher(job: Job, work_dir: Path) -> dict:
-    """Train the regime's teacher, or load it when its checkpoint is already cached (``cached``: True, and then
-    ``seconds`` is None); returns its test and val top-1 and the training CPU seconds."""
+def run_teacher(job: Job, work_dir: Path, device: str) -> dict:
+    """Train the regime's teacher on ``device`` (or load it when its checkpoint is cached: ``cached`` True and
+    ``seconds`` None); returns its test and val top-1 (fractions) and the training CPU seconds."""
     regime = job.regime
     bundle = _bundle(regime)
     cached = teacher_checkpoint(regime, work_dir).is_file()
     start = cpu_seconds()
-    teacher = _teacher(regime, work_dir)
+    data = regime.teacher_data or regime.data
+    model, _ = get_teacher(
+        data, regime.teacher, _teacher_bundle(regime), work_dir / "teachers", device=device, log=lambda m: None
+    )
+    model = model.cpu().eval()
     seconds = None if cached else cpu_seconds() - start
-    test_acc, _ = evaluate(teacher, eval_loader(test_set(regime), bundle))
-    val_acc, _ = evaluate(teacher, eval_loader(bundle.val, bundle))
+    test_acc, _ = evaluate(model, eval_loader(test_set(regime), bundle))
+    val_acc, _ = evaluate(model, eval_loader(bundle.val, bundle))
     return {"test_top1": test_acc, "val_top1": val_acc, "seconds": seconds, "cached": cached}
 
 
-def run_full(job: Job, work_dir: Path) -> dict:
-    """Ground truth: the student trained to completion under the candidate; its test top-1 (fraction), training
-    CPU seconds and wall seconds."""
+def _training(job: Job, work_dir: Path, device: str, epochs: int, read: bool) -> TrialTraining:
     regime = job.regime
-    student, images, seconds, wall = _train_student(regime, job.candidate, job.seed, regime.recipe.epochs, work_dir)
     bundle = _bundle(regime)
-    test_acc, test_loss = evaluate(student, eval_loader(test_set(regime), bundle))
-    val_acc, _ = evaluate(student, eval_loader(bundle.val, bundle))
-    return {
+    return TrialTraining(
+        teacher=_teacher(regime, work_dir),
+        bundle=bundle,
+        candidate=parse_candidate(job.candidate),
+        student=regime.student,
+        quant=regime.quant,
+        kd=regime.kd,
+        recipe=regime.recipe.model_copy(update={"epochs": epochs}),
+        scorer=regime.scorer,
+        scoring_set=scoring_subset(bundle, regime.scorer.subset, regime.data.seed) if read else None,
+        student_seed=job.seed,
+        seed=job.seed,
+        score_seed=regime.data.seed,
+        device=device,
+    )
+
+
+def run_student(job: Job, work_dir: Path, device: str) -> dict:
+    """The student trained with KD under the candidate for the job's budget (a complete cosine schedule over its
+    epochs). Returns its test top-1 and loss, val top-1, training CPU and wall seconds, images; the curve seed's
+    runs also return ``read`` (the metrics after the last epoch) and, at a curve budget, ``curve`` (one row per
+    epoch: ``epoch``, the read metrics, ``train_seconds`` and ``read_seconds`` in CPU seconds)."""
+    regime = job.regime
+    epochs = job.epochs()
+    training = _training(job, work_dir, device, epochs, read=job.reads_student())
+    curve, train_seconds, images = [], 0.0, 0
+    wall_start = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        start = cpu_seconds()
+        stats = training.train_epoch(epoch)
+        seconds = cpu_seconds() - start
+        train_seconds += seconds
+        images += stats["images"]
+        if job.records_curve() or (job.reads_student() and epoch == epochs):
+            start = cpu_seconds()
+            read = training.read_metrics()
+            row = {name: read[name] for name in READ_FIELDS}
+            curve.append({"epoch": epoch, **row, "train_seconds": seconds, "read_seconds": cpu_seconds() - start})
+    wall = time.perf_counter() - wall_start
+    bundle = _bundle(regime)
+    test_acc, test_loss = evaluate(training.student, eval_loader(test_set(regime), bundle), device)
+    val_acc, _ = evaluate(training.student, eval_loader(bundle.val, bundle), device)
+    result = {
+        "epochs": epochs,
         "test_top1": test_acc,
         "test_loss": test_loss,
         "val_top1": val_acc,
-        "seconds": seconds,
+        "seconds": train_seconds,
         "wall_seconds": wall,
         "images": images,
     }
-
-
-def run_trial(job: Job, work_dir: Path) -> dict:
-    """The trial budget: a short KD training, then the student's DA score on the scoring set and its val accuracy."""
-    regime = job.regime
-    student, images, train_seconds, train_wall = _train_student(
-        regime, job.candidate, job.seed, regime.trial.epochs, work_dir
-    )
-    bundle = _bundle(regime)
-    start = cpu_seconds()
-    score = score_candidate(
-        student,
-        scoring_set(regime, bundle),
-        parse_candidate(job.candidate),
-        bundle=bundle,
-        lam=regime.scorer.lam,
-        temperature=regime.scorer.temperature,
-        batch_size=regime.scorer.batch_size,
-        seed=job.seed,
-    )
-    score_seconds = cpu_seconds() - start
-    start = cpu_seconds()
-    val_acc, val_loss = evaluate(student, eval_loader(bundle.val, bundle))
-    val_seconds = cpu_seconds() - start
-    return {
-        "score": score.score,
-        "score_ce": score.score_ce,
-        "cmi": score.cmi,
-        "align": score.align,
-        "sample_ce": score.sample_ce,
-        "val_acc": val_acc,
-        "val_loss": val_loss,
-        "train_seconds": train_seconds,
-        "train_wall_seconds": train_wall,
-        "score_seconds": score_seconds,
-        "val_seconds": val_seconds,
-        "images": images,
-    }
-
-
-T_STDDEV_MIN_GROUPS = 8
-
-
-def t_stddev_batch_size(images: int, group_size: int, epochs: int) -> int:
-    """The T-stddev batch size: 128 as in the baseline, smaller when the scoring set would give fewer than
-    T_STDDEV_MIN_GROUPS groups of ``group_size`` batches over ``epochs`` passes (at least 2 images a batch)."""
-    return max(2, min(128, images * epochs // (group_size * T_STDDEV_MIN_GROUPS)))
+    if job.reads_student():
+        result["read"] = curve[-1]
+    if job.records_curve():
+        result["curve"] = curve
+    return result
 
 
 @torch.no_grad()
@@ -214,25 +204,31 @@ def _forward_epoch_seconds(model: torch.nn.Module, dataset, bundle: DataBundle, 
     return cpu_seconds() - start
 
 
-def run_teacher_rules(job: Job, work_dir: Path, repeats: int = 3) -> dict:
-    """Every teacher-scored rule for every candidate, timed: the one-pass DA score, the two-pass DA score (same
-    numbers, checked), T-stddev, and the floor (a plain forward epoch over the scoring set). Times are the minimum
-    over ``repeats`` runs, in seconds."""
+def run_teacher_rules(job: Job, work_dir: Path, device: str, repeats: int = 2) -> dict:
+    """Every teacher-scored rule for every candidate, on CPU with one thread: the package's ``teacher_metrics``
+    (DA score terms and T-stddev with the shipped batch rule), the one-pass score alone and the two-pass reference
+    (same numbers, checked), and the floor (a plain forward epoch over the scoring subset). Times are CPU seconds,
+    the minimum over ``repeats`` runs for the one- and two-pass scores."""
     regime = job.regime
     bundle = _bundle(regime)
     teacher = _teacher(regime, work_dir)
-    dataset = scoring_set(regime, bundle)
+    spec = regime.job_spec()
+    dataset = scoring_subset(bundle, regime.scorer.subset, regime.data.seed)
     scorer = regime.scorer
     floor = min(_forward_epoch_seconds(teacher, dataset, bundle, scorer.batch_size) for _ in range(repeats))
+    kwargs = {
+        "bundle": bundle,
+        "lam": scorer.lam,
+        "temperature": scorer.temperature,
+        "batch_size": scorer.batch_size,
+        "seed": regime.data.seed,
+    }
     per_candidate = {}
     for candidate_id in regime.candidates:
         candidate = parse_candidate(candidate_id)
-        kwargs = {
-            "bundle": bundle,
-            "lam": scorer.lam,
-            "temperature": scorer.temperature,
-            "batch_size": scorer.batch_size,
-        }
+        start = cpu_seconds()
+        metrics = teacher_metrics(teacher, dataset, candidate, bundle, spec)
+        all_seconds = cpu_seconds() - start
         one_pass_seconds, two_pass_seconds = [], []
         for _ in range(repeats):
             start = cpu_seconds()
@@ -241,38 +237,51 @@ def run_teacher_rules(job: Job, work_dir: Path, repeats: int = 3) -> dict:
             start = cpu_seconds()
             two_pass = two_pass_score(teacher, dataset, candidate, **kwargs)
             two_pass_seconds.append(cpu_seconds() - start)
-        start = cpu_seconds()
-        t_std = teacher_t_stddev(
-            teacher,
-            dataset,
-            candidate,
-            bundle=bundle,
-            batch_size=t_stddev_batch_size(len(dataset), scorer.t_stddev_group, scorer.t_stddev_epochs),
-            group_size=scorer.t_stddev_group,
-            epochs=scorer.t_stddev_epochs,
-        )
-        t_std_seconds = cpu_seconds() - start
         per_candidate[candidate_id] = {
-            "score": score.score,
-            "score_ce": score.score_ce,
-            "cmi": score.cmi,
-            "align": score.align,
-            "sample_ce": score.sample_ce,
-            "t_stddev": t_std,
+            **metrics,
             "one_pass_seconds": min(one_pass_seconds),
             "two_pass_seconds": min(two_pass_seconds),
-            "t_stddev_seconds": t_std_seconds,
+            "t_stddev_seconds": max(0.0, all_seconds - min(one_pass_seconds)),
             "two_pass_max_abs_diff": max(
                 abs(getattr(score, term) - getattr(two_pass, term)) for term in ("cmi", "align", "sample_ce")
             ),
+            "one_pass_matches_teacher_metrics": abs(score.score_ce - metrics["teacher_score_ce"]) < 1e-9,
         }
     return {"floor_seconds": floor, "scoring_images": len(dataset), "candidates": per_candidate}
 
 
-RUNNERS = {"teacher": run_teacher, "full": run_full, "trial": run_trial, "teacher_rules": run_teacher_rules}
+def run_cpu_probe(job: Job, work_dir: Path, device: str) -> dict:
+    """One training epoch and one read (DA score + validation) per candidate on CPU with one thread, in CPU
+    seconds: the per-epoch costs from which the regime's wall time on 2 idle cores is estimated."""
+    per_candidate = {}
+    for candidate_id in job.regime.candidates:
+        probe = Job("student", job.regime, candidate_id, job.regime.curve_seed(), 1.0)
+        training = _training(probe, work_dir, "cpu", job.regime.recipe.epochs, read=True)
+        start = cpu_seconds()
+        training.train_epoch(1)
+        epoch_seconds = cpu_seconds() - start
+        start = cpu_seconds()
+        training.read_metrics()
+        per_candidate[candidate_id] = {"epoch_seconds": epoch_seconds, "read_seconds": cpu_seconds() - start}
+    bundle, teacher_bundle = _bundle(job.regime), _teacher_bundle(job.regime)
+    return {
+        "candidates": per_candidate,
+        "student_images": len(bundle.train),
+        "teacher_images": len(teacher_bundle.train),
+    }
 
 
-def execute(job: Job, work_dir: str) -> tuple[str, dict]:
-    """Run ``job`` in this process (one torch thread) and return (its cache key, its result)."""
+RUNNERS = {
+    "teacher": run_teacher,
+    "student": run_student,
+    "teacher_rules": run_teacher_rules,
+    "cpu_probe": run_cpu_probe,
+}
+
+
+def execute(job: Job, work_dir: str, device: str = "cpu") -> tuple[str, dict]:
+    """Run ``job`` in this process (one torch thread; student and teacher training on ``device``) and return (its
+    cache key, its result)."""
     torch.set_num_threads(1)
-    return job.key(), RUNNERS[job.kind](job, Path(work_dir))
+    run_device = device if job.kind in ("teacher", "student") else "cpu"
+    return job.key(), RUNNERS[job.kind](job, Path(work_dir), run_device)

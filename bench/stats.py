@@ -7,37 +7,24 @@ import itertools
 from dataclasses import dataclass
 
 import numpy as np
-
-
-def average_ranks(values: np.ndarray) -> np.ndarray:
-    """Ranks 1..n of ``values``, ties sharing the mean of the ranks they span."""
-    values = np.asarray(values, float)
-    order = np.argsort(values, kind="stable")
-    ranks = np.empty(len(values))
-    ranks[order] = np.arange(1, len(values) + 1)
-    for value in np.unique(values):
-        tied = values == value
-        ranks[tied] = ranks[tied].mean()
-    return ranks
+import scipy.stats
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman rank correlation of two equal-length vectors (average ranks for ties); 0.0 when either is constant."""
+    """Spearman rank correlation of two equal-length vectors (``scipy.stats.spearmanr``, average ranks for ties);
+    0.0 when either is constant."""
     a, b = np.asarray(a, float), np.asarray(b, float)
     if np.ptp(a) == 0 or np.ptp(b) == 0:
         return 0.0
-    return float(np.corrcoef(average_ranks(a), average_ranks(b))[0, 1])
+    return float(scipy.stats.spearmanr(a, b).statistic)
 
 
 def kendall(a: np.ndarray, b: np.ndarray) -> float:
-    """Kendall tau-b of two equal-length vectors; 0.0 when either is constant."""
+    """Kendall tau-b of two equal-length vectors (``scipy.stats.kendalltau``); 0.0 when either is constant."""
     a, b = np.asarray(a, float), np.asarray(b, float)
-    da = np.sign(a[:, None] - a[None, :])
-    db = np.sign(b[:, None] - b[None, :])
-    upper = np.triu_indices(len(a), k=1)
-    da, db = da[upper], db[upper]
-    denominator = np.sqrt(np.count_nonzero(da) * np.count_nonzero(db))
-    return float((da * db).sum() / denominator) if denominator else 0.0
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return 0.0
+    return float(scipy.stats.kendalltau(a, b).statistic)
 
 
 def balanced_splits(n_seeds: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:

@@ -38,30 +38,23 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from .augment import MIXES, POLICIES, Candidate, SearchSpace, build_batch_mix, parse_candidate
+from .augment import MIXES, POLICIES, Candidate, SearchSpace, parse_candidate
 from .config import JobSpec, ScorerConfig, job_to_yaml, load_job
 from .data import DataBundle, DataSpec, load_data, stratified_indices
 from .errors import DaqSearchError
 from .files import atomic_write, atomic_write_text, check_run_name, check_writable_folder, clip, read_yaml
 from .kd import (
-    build_student,
     check_precision,
     ensure_teacher,
-    eval_loader,
-    evaluate,
     get_teacher,
     load_state,
     load_teacher,
     loader_workers,
-    make_optimizer,
-    make_scheduler,
-    place,
-    run_epoch,
-    train_loader,
 )
 from .metric import METRIC_MODES, score_candidate, teacher_t_stddev
 from .results import TrialTable, best_trial, format_table, rank_trials
 from .runtime import ray_session
+from .trial_training import TrialTraining
 
 WINNER_FILE = "winner.yaml"
 JOB_FILE = "job.yaml"
@@ -273,76 +266,46 @@ def run_trial(config: dict) -> None:
     bundle = cached_data(job.data.spec())
     teacher = load_teacher(config["teacher_checkpoint"], job.teacher, bundle)
     subset = scoring_subset(bundle, job.scorer.subset, job.data.seed)
-    student = place(build_student(job.student, job.quant, bundle, teacher, seed=job.teacher.seed), device)
-    place(teacher, device)
-    seed = job.searcher.seed
-    loader = train_loader(
-        bundle.train, candidate, bundle, job.trial.batch_size, seed, workers=workers, pin_memory=use_gpu
+    training = TrialTraining(
+        teacher=teacher,
+        bundle=bundle,
+        candidate=candidate,
+        student=job.student,
+        quant=job.quant,
+        kd=job.kd,
+        recipe=job.trial,
+        scorer=job.scorer,
+        scoring_set=subset,
+        student_seed=job.teacher.seed,
+        seed=job.searcher.seed,
+        score_seed=job.data.seed,
+        device=device,
+        workers=workers,
     )
-    steps_per_epoch = len(loader)
-    optimizer = make_optimizer(student.parameters(), job.trial)
-    scheduler = make_scheduler(optimizer, job.trial, steps_per_epoch)
-    mix = build_batch_mix(candidate, bundle.num_classes)
-    val = eval_loader(bundle.val, bundle)
 
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             state = load_state(Path(folder) / TRIAL_STATE_FILE, f"checkpoint of trial {candidate.id}")
-        student.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        training.load_state_dict(state)
         start, teacher_stats = state["epoch"] + 1, state["teacher"]
     else:
         start, teacher_stats = 1, teacher_metrics(teacher, subset, candidate, bundle, job, device)
 
     for epoch in range(start, job.trial.epochs + 1):
-        torch.manual_seed(seed * 1_000_003 + epoch)
-        loader.sampler.set_epoch(epoch)
-        stats = run_epoch(
-            student,
-            loader,
-            optimizer,
-            mix=mix,
-            teacher=teacher,
-            kd=job.kd,
-            scheduler=scheduler,
-            device=device,
-            precision=job.trial.precision,
-        )
-        val_acc, val_loss = evaluate(student, val, device)
-        da = score_candidate(
-            student,
-            subset,
-            candidate,
-            bundle=bundle,
-            lam=job.scorer.lam,
-            temperature=job.scorer.temperature,
-            batch_size=job.scorer.batch_size,
-            seed=job.data.seed,
-            device=device,
-        )
+        stats = training.train_epoch(epoch)
+        read = training.read_metrics()
         metrics = {
             "epoch": epoch,
             "candidate": candidate.id,
-            "score": da.score,
-            "score_ce": da.score_ce,
-            "cmi": da.cmi,
-            "align": da.align,
-            "sample_ce": da.sample_ce,
+            **{name: read[name] for name in ("score", "score_ce", "cmi", "align", "sample_ce")},
             **teacher_stats,
-            "val_acc": val_acc,
-            "val_loss": val_loss,
-            "train_loss": stats.loss,
-            "images_per_s": stats.images_per_s,
+            "val_acc": read["val_acc"],
+            "val_loss": read["val_loss"],
+            "train_loss": stats["train_loss"],
+            "images_per_s": stats["images_per_s"],
         }
-        state = {
-            "model": student.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "epoch": epoch,
-            "teacher": teacher_stats,
-        }
+        state = {**training.state_dict(), "epoch": epoch, "teacher": teacher_stats}
         with tempfile.TemporaryDirectory(prefix="daq-trial-") as folder:
             torch.save(state, Path(folder) / TRIAL_STATE_FILE)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))

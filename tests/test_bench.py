@@ -1,12 +1,22 @@
-"""The benchmark: its rank statistics against hand-computed values, and a CI-sized end-to-end run of --quick."""
+"""The benchmark: its rank statistics, scheduler replays and cross-regime choice against hand-computed values, and a
+CI-sized end-to-end run of --quick that asserts what the code guarantees whatever the training outcome (files and
+schemas written, statistics recomputed from the numbers the run produced, exact resume). Set DAQ_BENCH_SEEDS (e.g.
+``5,6``) to run the quick regime with other seeds."""
 
 import json
 
 import numpy as np
 import pytest
+import scipy.stats
+import torch
 
+from bench.analysis import cross_regime, strong_margin
+from bench.planted import Nuisance, apply_nuisance
+from bench.regimes import build_regime
 from bench.run import main
+from bench.schedulers import AshaBracket, replay_hyperband, replay_tpe_asha
 from bench.stats import agreement, balanced_splits, kendall, noise_gate, one_seed_sweep, random_pick_regret, spearman
+from daq_search.data import TensorImageDataset
 
 
 def test_spearman_and_kendall_match_hand_computed_values():
@@ -18,7 +28,10 @@ def test_spearman_and_kendall_match_hand_computed_values():
     assert spearman(np.array([1, 1, 2]), np.array([1, 2, 3])) == pytest.approx(
         np.corrcoef([1.5, 1.5, 3], [1, 2, 3])[0, 1]
     )
+    # tau-b with a tie in a: pairs (1,1),(1,2),(1,2) -> 0 + 1 + 1 concordant; sqrt(2 * 3) in the denominator
+    assert kendall(np.array([1, 1, 2]), np.array([1, 2, 3])) == pytest.approx(2 / np.sqrt(6))
     assert spearman(np.array([1, 1, 1]), np.array([1, 2, 3])) == 0.0
+    assert kendall(np.array([1, 1, 1]), np.array([1, 2, 3])) == 0.0
 
 
 def test_balanced_splits_cover_each_halving_once():
@@ -51,30 +64,190 @@ def test_agreement_sign_corrects_and_measures_regret():
     assert sweep.rho == pytest.approx(1.0) and sweep.regret == 0.0
 
 
+def test_asha_bracket_follows_ray_rungs_and_cutoffs():
+    bracket = AshaBracket(grace=1, max_t=8, reduction_factor=2)
+    assert [milestone for milestone, _ in bracket.rungs] == [8, 4, 2, 1]
+    assert bracket.keeps(0, 1, 2.0)  # first at rung 1: nothing recorded, continues
+    assert bracket.keeps(1, 1, 4.0)  # cutoff = median of {2} = 2
+    assert not bracket.keeps(2, 1, 1.0)  # cutoff = median of {2, 4} = 3 > 1: stopped
+    assert bracket.keeps(0, 1, 0.0)  # already recorded at rung 1 and not yet at rung 2: continues
+    assert bracket.keeps(1, 2, 5.0) and not bracket.keeps(0, 2, 4.0)  # rung 2 cutoff = 5
+
+
+def _curves(finals: dict[str, list[float]]) -> dict[str, list[dict]]:
+    return {
+        c: [
+            {"epoch": e + 1, "score_ce": v, "val_acc": -v, "train_seconds": 1.0, "read_seconds": 0.5}
+            for e, v in enumerate(values)
+        ]
+        for c, values in finals.items()
+    }
+
+
+def test_replays_count_epochs_and_pick_by_the_package_rule():
+    # "late" loses until the last epoch: grace 1 prunes it; a full-budget Hyperband bracket trains it to the end
+    curves = _curves(
+        {
+            "none": [1.0, 0.9, 0.8, 0.7],
+            "trivialaugment": [2.0, 1.5, 1.0, 0.5],
+            "none+cutmix(alpha=1.0)": [3.0, 3.0, 3.0, 3.0],
+        }
+    )
+    candidates = ("none", "trivialaugment", "none+cutmix(alpha=1.0)")
+    asha = replay_tpe_asha(curves, candidates, "score_ce", "min", grace=1, num_samples=3)
+    assert asha.trials == 3 and 3 <= asha.epochs_trained <= 12
+    assert asha.seconds == pytest.approx(1.5 * asha.epochs_trained)
+    band = replay_hyperband(curves, candidates, "score_ce", "min", eta=3, seed=0)
+    # R = 4, eta 3: s_max 1; bracket 1: 3 configs at round(4/3) = 1 epoch, the best 1 continues to 4 (+3);
+    # bracket 0: 2 configs at 4 epochs
+    assert band.trials == 5 and band.epochs_trained == 3 + 3 + 8
+    # seed 0's permutation is (2, 0, 1): bracket 0 draws cutmix and none, so trivialaugment (best at epoch 4,
+    # pruned at epoch 1 in bracket 1) is never trained to the end, and none (0.7 at 4 epochs) wins
+    assert band.candidates_tried == tuple(sorted(candidates)) and band.winner == "none"
+
+
+def test_cross_regime_names_the_cheap_rule_with_lowest_worst_case_regret():
+    def summary(name, passes, rules):
+        return {
+            "regime": name,
+            "complete": True,
+            "gate": {"passes": passes},
+            "rules": [
+                {"rule": r, "rho": 0.5, "regret_pp": regret, "cost_fraction": cost, "pick": "x"}
+                for r, regret, cost in rules
+            ],
+        }
+
+    table = cross_regime(
+        [
+            summary(
+                "a",
+                True,
+                [("cheap", 2.0, 0.1), ("steady", 1.0, 0.2), ("dear", 0.0, 1.0), ("random pick (expected)", 0.5, 0.0)],
+            ),
+            summary(
+                "b",
+                True,
+                [("cheap", 0.0, 0.1), ("steady", 1.5, 0.25), ("dear", 0.0, 1.0), ("random pick (expected)", 0.5, 0.0)],
+            ),
+            summary("c", False, [("cheap", 9.0, 0.1), ("steady", 9.0, 0.2)]),
+        ]
+    )
+    assert table["passing_regimes"] == ["a", "b"]
+    rows = {row["rule"]: row for row in table["rules"]}
+    assert rows["steady"]["worst_regret_pp"] == 1.5 and rows["steady"]["max_cost_fraction"] == 0.25
+    assert table["recommended"] == "steady"  # cheap's worst is 2.0; dear costs a whole sweep; random is excluded
+    assert cross_regime([summary("c", False, [("cheap", 9.0, 0.1)])])["recommended"] is None
+
+
+def test_strong_margin_applies_the_issue_bar():
+    top1 = np.array([[0.80, 0.81, 0.80, 0.81], [0.83, 0.82, 0.83, 0.82], [0.90, 0.90, 0.90, 0.90]])
+    result = strong_margin(["none", "trivialaugment", "random_erasing(p=0.5)"], top1)
+    assert result["candidate"] == "trivialaugment" and result["margin_pp"] == pytest.approx(2.0)
+    assert result["beats_none"]  # 2 pp >= 1 pp and >= 2 x pooled sd (about 1.2 pp); random erasing does not count
+
+
+def test_planted_nuisance_is_seeded_and_keeps_labels():
+    images = torch.zeros(4, 1, 16, 16, dtype=torch.uint8)
+    images[:, :, 4:12, 7:9] = 255  # a vertical bar: any rotation or shift moves it
+    dataset = TensorImageDataset(images, torch.arange(4), 4)
+    nuisance = Nuisance(max_degrees=30.0, max_shift=2)
+    first, again = apply_nuisance(dataset, nuisance, seed=1), apply_nuisance(dataset, nuisance, seed=1)
+    assert torch.equal(first.images, again.images) and torch.equal(first.labels, dataset.labels)
+    assert first.images.shape == dataset.images.shape and not torch.equal(first.images, dataset.images)
+
+
+def test_unknown_regime_is_refused():
+    with pytest.raises(ValueError, match="unknown"):
+        build_regime("no-such-regime")
+
+
 @pytest.mark.slow
-def test_quick_benchmark_runs_end_to_end_and_resumes(tmp_path):
+def test_quick_benchmark_writes_its_outputs_whatever_the_gate_and_resumes_exactly(tmp_path):
     out, work = tmp_path / "out", tmp_path / "work"
     assert main(["--quick", "--out", str(out), "--work", str(work)]) == 0
+    regime_config = build_regime("quick-digits")
     report = json.loads((out / "results.json").read_text())
     regime = report["regimes"][0]
-    assert regime["complete"]
-    top1 = np.array(regime["top1_pct"])
+    assert regime["complete"] and regime["seeds"] == list(regime_config.seeds)
+    # every output is written, whether or not the gate passes, and the verdict is stated
+    for name in ("results.md", "summary.md", f"scatter-{regime['regime']}.png", "cost-regret.png"):
+        assert (out / name).stat().st_size > 0
+    verdict = "passes" if regime["gate"]["passes"] else "fails (seed noise)"
+    assert verdict in (out / "summary.md").read_text()
+    # the ground truth is the cached runs' numbers, and the gate is recomputed from it
+    cache = json.loads((work / "results.json").read_text())
+    top1 = np.array(regime["top1_pct"]) / 100
     assert top1.shape == (len(regime["candidates"]), len(regime["seeds"]))
-    assert ((top1 >= 0) & (top1 <= 100)).all()
+    full_epochs = f"|{regime_config.recipe.epochs}ep"
+    fulls = sorted(r["test_top1"] for k, r in cache.items() if "|student|" in k and k.endswith(full_epochs))
+    assert sorted(top1.ravel().tolist()) == pytest.approx(fulls)
+    gate = noise_gate(top1)
+    assert regime["gate"]["split_half_rho"] == pytest.approx(gate.split_half_rho)
+    assert regime["gate"]["passes"] == (gate.split_half_rho >= 0.8)
+    # each ranking rule's Spearman and regret follow from its values and the ground truth
+    truth = top1.mean(1)
     rules = {rule["rule"]: rule for rule in regime["rules"]}
     for name in (
-        "teacher score (align - cmi)",
+        "teacher score_ce (sample_ce - cmi)",
         "T-stddev",
-        "student val accuracy",
-        "1-seed full sweep (leave-one-out)",
+        "student score_ce (sample_ce - cmi) after 25 % training",
+        "student val accuracy after 50 % training",
     ):
-        assert -1.0 <= rules[name]["rho"] <= 1.0
-        assert rules[name]["regret_pp"] >= 0.0
+        rule = rules[name]
+        good = np.array(rule["values"]) * (1 if rule["mode"] == "max" else -1)
+        expected = scipy.stats.spearmanr(good, truth).statistic if np.ptp(good) and np.ptp(truth) else 0.0
+        assert rule["rho"] == pytest.approx(expected)
+        pick = regime["candidates"][int(np.argmax(good))]
+        assert rule["pick"] == pick
+        assert rule["regret_pp"] == pytest.approx(100 * (truth.max() - truth[regime["candidates"].index(pick)]))
+    shipped = [r for r in regime["rules"] if "(as shipped)" in r["rule"]]
+    assert len(shipped) == 1 and shipped[0]["pick"] in regime["candidates"]
     assert rules["1-seed full sweep (leave-one-out)"]["cost_fraction"] == 1.0
-    costs = regime["scoring_costs"]
-    assert costs["max_abs_diff_one_vs_two_pass"] < 1e-9
-    for name in ("results.md", f"scatter-{regime['regime']}.png", "cost-regret.png"):
-        assert (out / name).stat().st_size > 0
+    assert regime["scoring_costs"]["max_abs_diff_one_vs_two_pass"] < 1e-9
+    assert report["cross_regime"]["passing_regimes"] == ([regime["regime"]] if regime["gate"]["passes"] else [])
+    # a second run finds every job cached: nothing is re-run (the cache is byte-identical)
     cached = (work / "results.json").read_text()
-    assert main(["--quick", "--out", str(out), "--work", str(work), "--workers", "1"]) == 0
+    assert main(["--quick", "--out", str(out), "--work", str(work), "--jobs", "1"]) == 0
     assert (work / "results.json").read_text() == cached
+
+
+def test_trial_training_resumed_from_its_state_matches_an_uninterrupted_run():
+    from daq_search.augment import parse_candidate
+    from daq_search.config import KDConfig, QuantConfig, RecipeConfig, ScorerConfig, StudentConfig
+    from daq_search.data import DataSpec, load_data
+    from daq_search.kd import create_for
+    from daq_search.search import scoring_subset
+    from daq_search.trial_training import TrialTraining
+
+    bundle = load_data(DataSpec(name="digits", image_size=16, train_per_class=8, val_per_class=3))
+    torch.manual_seed(0)
+    teacher = create_for("tiny_cnn", 0.5, bundle).eval()
+
+    def training() -> TrialTraining:
+        return TrialTraining(
+            teacher=teacher,
+            bundle=bundle,
+            candidate=parse_candidate("trivialaugment+cutmix(alpha=1.0)"),
+            student=StudentConfig(model="tiny_cnn", width=0.5, init="scratch"),
+            quant=QuantConfig(wbits=2, abits=2),
+            kd=KDConfig(),
+            recipe=RecipeConfig(epochs=2, batch_size=16, lr=5e-3),
+            scorer=ScorerConfig(subset=20, batch_size=10),
+            scoring_set=scoring_subset(bundle, 20, 0),
+            student_seed=3,
+            seed=4,
+            score_seed=0,
+        )
+
+    straight = training()
+    straight.train_epoch(1)
+    straight.train_epoch(2)
+    first = training()
+    first.train_epoch(1)
+    resumed = training()
+    resumed.load_state_dict(first.state_dict())
+    resumed.train_epoch(2)
+    expected, got = straight.read_metrics(), resumed.read_metrics()
+    for name in ("score", "score_ce", "cmi", "align", "sample_ce", "val_acc", "val_loss"):
+        assert got[name] == expected[name], name
