@@ -1,10 +1,10 @@
-# daq-search: `make demo` installs and runs the main job on the embedded digits data; `make test` installs and
+# daq-search: `make demo` installs and runs the main job on the bundled `scenes` data (embedded Ray); `make test` installs and
 # runs the test suite; `make bench` runs the benchmark (writes bench/results/); `make gpu-check` checks one GPU.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 RUNS ?= runs
-GPU_CHECK_OUT ?= bench/results/gpu-check
+GPU_CHECK_OUT ?= $(RUNS)/gpu-check
 
 .PHONY: install lint demo test test-fast bench bench-quick gpu-check clean
 
