@@ -4,14 +4,17 @@ the recommended default."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
+import pandas as pd
 
+from daq_search.augment import SearchSpace, parse_candidate
+from daq_search.calibrate import Rule, choose_rule, default_anchors
 from daq_search.metric import METRIC_MODES
 
 from .regimes import BUDGETS, CURVE_BUDGETS, Regime
-from .runs import Job
+from .runs import READ_FIELDS, Job
 from .schedulers import Replay, replay_hyperband, replay_tpe_asha
 from .stats import agreement, noise_gate, one_seed_sweep, random_pick_regret
 
@@ -65,6 +68,7 @@ class RuleResult:
     regret_pp: float
     seconds: float
     cost_fraction: float
+    chosen_rule: str | None = None
 
 
 NAN_PAIR = (float("nan"), float("nan"))
@@ -212,6 +216,9 @@ def rule_results(regime: Regime, results: dict, top1: np.ndarray) -> list[RuleRe
             values = [run["read"][field] for run in runs]
             label = f"{name} after {budget_label(fraction)} training"
             rules.append(_rule(label, mode, values, top1, candidates, seconds, sweep, rng))
+    calibrated = calibrated_search(regime, results)
+    if calibrated is not None:
+        rules.append(calibrated_rule(calibrated, top1, candidates, sweep))
     for name, objective, replay in replays(regime, results):
         mode = METRIC_MODES[objective]
         rules.append(_pick_rule(name + " (replayed)", mode, replay.winner, top1, candidates, replay.seconds, sweep))
@@ -247,6 +254,114 @@ def rule_results(regime: Regime, results: dict, top1: np.ndarray) -> list[RuleRe
         )
     )
     return rules
+
+
+CALIBRATED_RULE = "calibrated search (3 anchors, rule chosen per regime)"
+"""The table name of the calibrated search (daq_search/calibrate.py replayed on the recorded runs)."""
+
+CALIBRATION_OBJECTIVES = tuple(name for name in METRIC_MODES if name in READ_FIELDS)
+"""The objectives the calibrated search chooses among: every package metric the bench's student runs read."""
+
+
+@dataclass(frozen=True)
+class Calibrated:
+    """The calibrated search on one regime, replayed on the seed-0 runs: the anchors (``default_anchors`` of the
+    regime's candidates, the ground truth unseen), their final validation accuracy (fraction), the chosen objective
+    and budget (epochs and fraction of the full epochs; the package's fallback when the anchors cannot choose), the
+    chosen rule's Kendall agreement with the anchors, how its value is read (``best epoch`` of a run that recorded
+    every epoch, else ``last epoch``), its value per candidate and the CPU seconds of every run it needs."""
+
+    anchors: list[str]
+    anchor_val_acc: list[float]
+    objective: str
+    budget_epochs: int
+    fraction: float
+    agreement: float | None
+    fallback: str | None
+    value_read: str
+    values: list[float]
+    seconds: float
+
+    def describe(self) -> str:
+        """The choice in words, for tables."""
+        rule = f"{self.objective} after {self.budget_epochs} ep ({budget_label(self.fraction)}, {self.value_read})"
+        if self.fallback is not None:
+            return f"fallback ({self.fallback}): {rule}"
+        return f"{rule}, anchor agreement {self.agreement:+.2f}"
+
+
+def calibration_anchors(candidates: list[str]) -> list[str]:
+    """The package's default anchors (:func:`daq_search.calibrate.default_anchors`: mildest, middle and strongest
+    by its strength order) of a list space made of ``candidates``, as the bench's candidate ids."""
+    listed = {parse_candidate(c).id: c for c in candidates}
+    space = SearchSpace(name="bench", path="", listed=tuple(parse_candidate(c) for c in candidates))
+    return [listed[anchor] for anchor in default_anchors(space)]
+
+
+def run_value(run: dict, objective: str) -> tuple[float, float, str]:
+    """A rule's value on one student run, as the package's calibration and search read it: the objective's best
+    epoch (in its direction) when the run recorded every epoch, else its value after the last epoch. Returns (value,
+    CPU seconds of the run: training plus the reads that value needs, how it was read)."""
+    if "curve" in run:
+        best = min if METRIC_MODES[objective] == "min" else max
+        reads = sum(row["read_seconds"] for row in run["curve"])
+        return float(best(row[objective] for row in run["curve"])), run["seconds"] + reads, "best epoch"
+    return float(run["read"][objective]), run["seconds"] + run["read"]["read_seconds"], "last epoch"
+
+
+def calibrated_search(regime: Regime, results: dict) -> Calibrated | None:
+    """The calibrated search replayed on the seed-0 runs (None while any is missing), as daq_search/calibrate.py
+    runs it: the anchors' final accuracy is their full run's validation accuracy after the last epoch; each rule
+    (objective in :data:`CALIBRATION_OBJECTIVES` x budget in BUDGETS, each budget a run with its own schedule) is
+    read on every anchor with :func:`run_value`; ``choose_rule`` picks the rule (default: the shipped search,
+    ``score_ce`` at 25 %); that rule's value on every candidate's run at its budget picks the candidate. Cost: the
+    anchors' full runs (training and their last read), the anchors' budget runs, and every candidate's run at the
+    chosen budget (the search trains the anchors again, as the package does)."""
+    candidates, seed = list(regime.candidates), regime.curve_seed()
+    fractions = {regime.budget_epochs(f): f for f in reversed(BUDGETS)}
+    runs = {
+        (c, epochs): _result(results, Job("student", regime, c, seed, fraction))
+        for c in candidates
+        for epochs, fraction in fractions.items()
+    }
+    anchors = calibration_anchors(candidates)
+    full = {a: _result(results, Job("student", regime, a, seed)) for a in anchors}
+    if any(run is None for run in [*runs.values(), *full.values()]):
+        return None
+    rows = [
+        {"anchor": a, "objective": o, "budget": epochs, "value": run_value(runs[a, epochs], o)[0],
+         "final_acc": full[a]["read"]["val_acc"]}
+        for a in anchors
+        for o in CALIBRATION_OBJECTIVES
+        for epochs in sorted(fractions)
+    ]  # fmt: skip
+    table = pd.DataFrame(rows, columns=["anchor", "objective", "budget", "value", "final_acc"])
+    default = Rule("score_ce", regime.budget_epochs(SHIPPED_SEARCH_BUDGET))
+    choice, _ = choose_rule(table, default)
+    picked = [run_value(runs[c, choice.budget], choice.objective) for c in candidates]
+    anchor_seconds = sum(full[a]["seconds"] + full[a]["read"]["read_seconds"] for a in anchors) + sum(
+        run_value(runs[a, epochs], choice.objective)[1] for a in anchors for epochs in fractions
+    )
+    return Calibrated(
+        anchors=anchors,
+        anchor_val_acc=[float(full[a]["read"]["val_acc"]) for a in anchors],
+        objective=choice.objective,
+        budget_epochs=choice.budget,
+        fraction=fractions[choice.budget],
+        agreement=choice.agreement,
+        fallback=choice.fallback,
+        value_read=picked[0][2],
+        values=[value for value, _, _ in picked],
+        seconds=anchor_seconds + sum(seconds for _, seconds, _ in picked),
+    )
+
+
+def calibrated_rule(calibrated: Calibrated, top1: np.ndarray, candidates: list[str], sweep: float) -> RuleResult:
+    """The calibrated search as a row of the rules table: its chosen rule's values judged against ``top1``."""
+    mode = METRIC_MODES[calibrated.objective]
+    result = _rule(CALIBRATED_RULE, mode, calibrated.values, top1, candidates, calibrated.seconds, sweep,
+                   np.random.default_rng(0))  # fmt: skip
+    return replace(result, chosen_rule=calibrated.describe())
 
 
 def scoring_costs(regime: Regime, results: dict) -> dict | None:
@@ -352,6 +467,8 @@ def regime_summary(regime: Regime, results: dict) -> dict:
         scoring_costs=scoring_costs(regime, results),
         rules=[asdict(rule) for rule in rule_results(regime, results, top1)],
     )
+    calibrated = calibrated_search(regime, results)
+    summary["calibration"] = None if calibrated is None else asdict(calibrated)
     return summary
 
 
@@ -380,6 +497,7 @@ def cross_regime(summaries: list[dict]) -> dict:
                     "regret_pp": rule["regret_pp"],
                     "cost_fraction": rule["cost_fraction"],
                     "pick": rule["pick"],
+                    "chosen_rule": rule.get("chosen_rule"),
                 }
         complete = len(per_regime) == len(good)
         regrets = [v["regret_pp"] for v in per_regime.values()]

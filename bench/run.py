@@ -27,6 +27,7 @@ import torch
 from daq_search.kd import teacher_key
 
 from .analysis import cross_regime, passing, regime_summary
+from .loop_ratio import CACHE_FILE as LOOP_RATIO_FILE
 from .loop_ratio import record as record_loop_ratio
 from .regimes import BUDGETS, FULL_REGIMES, QUICK_REGIMES, Regime, build_regime, parse_seeds
 from .report import cost_regret_plot, cross_regime_lines, regime_tables, scatter_plot
@@ -276,7 +277,10 @@ def main(argv: list[str] | None = None) -> int:
         "cut_short": not finished,
     }
     write_outputs(summaries, Path(args.out), args.quick, meta)
-    record_loop_ratio(Path(args.out) / "results.json", work_dir, log, quick=args.quick)
+    if args.report_only and not (work_dir / LOOP_RATIO_FILE).is_file():
+        log(f"--report-only: {work_dir / LOOP_RATIO_FILE} not cached, so no trial-loop ratio (nothing is measured)")
+    else:
+        record_loop_ratio(Path(args.out) / "results.json", work_dir, log, quick=args.quick)
     log(f"wrote {args.out}/summary.md")
     return 0
 

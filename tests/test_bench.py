@@ -3,6 +3,7 @@ CI-sized end-to-end run of --quick that asserts what the code guarantees whateve
 schemas written, statistics recomputed from the numbers the run produced, exact resume). Set DAQ_BENCH_SEEDS (e.g.
 ``5,6``) to run the quick regime with other seeds."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -10,10 +11,11 @@ import pytest
 import scipy.stats
 import torch
 
-from bench.analysis import cross_regime, strong_margin
+from bench.analysis import calibrated_rule, calibrated_search, calibration_anchors, cross_regime, strong_margin
 from bench.planted import Nuisance, apply_nuisance
 from bench.regimes import build_regime
 from bench.run import main
+from bench.runs import READ_FIELDS, Job
 from bench.schedulers import AshaBracket, replay_hyperband, replay_tpe_asha
 from bench.stats import agreement, balanced_splits, kendall, noise_gate, one_seed_sweep, random_pick_regret, spearman
 from daq_search.data import TensorImageDataset
@@ -138,6 +140,63 @@ def test_cross_regime_names_the_cheap_rule_with_lowest_worst_case_regret():
     assert rows["steady"]["worst_regret_pp"] == 1.5 and rows["steady"]["max_cost_fraction"] == 0.25
     assert table["recommended"] == "steady"  # cheap's worst is 2.0; dear costs a whole sweep; random is excluded
     assert cross_regime([summary("c", False, [("cheap", 9.0, 0.1)])])["recommended"] is None
+
+
+def _run(epochs: int, **read) -> dict:
+    """A synthetic seed-0 student run: 1 CPU s per epoch, 0.5 s per read, every metric 1.0 unless given."""
+    return {"seconds": float(epochs), "read": {**dict.fromkeys(READ_FIELDS, 1.0), **read, "read_seconds": 0.5}}
+
+
+def test_calibrated_search_picks_and_costs_as_computed_by_hand():
+    base = build_regime("quick-digits", seeds=(0, 1))
+    candidates = (
+        "none",
+        "random_erasing(p=0.5)",
+        "trivialaugment",
+        "randaugment(magnitude=9,num_ops=2)",
+        "none+cutmix(alpha=1.0)",
+    )
+    regime = dataclasses.replace(base, candidates=candidates, recipe=base.recipe.model_copy(update={"epochs": 20}))
+    # strength order: none < none+cutmix < random_erasing < randaugment < trivialaugment: first, middle, last
+    anchors = ["none", "random_erasing(p=0.5)", "trivialaugment"]
+    assert calibration_anchors(list(candidates)) == anchors
+    final_val = {"none": 0.6, "random_erasing(p=0.5)": 0.7, "trivialaugment": 0.8}
+    # val_loss at 5 epochs (the 25 % run records every epoch): best epoch ranks the anchors right, last epoch wrong
+    best = dict(zip(candidates, [3.0, 2.0, 1.0, 4.0, 0.5], strict=True))
+    last = dict(zip(candidates, [7.0, 8.0, 9.0, 9.0, 9.0], strict=True))
+    results = {}
+    for c in candidates:
+        for seed, top1 in enumerate({"none": (0.59, 0.61), "random_erasing(p=0.5)": (0.69, 0.71),
+                                     "trivialaugment": (0.79, 0.81), "randaugment(magnitude=9,num_ops=2)": (0.84, 0.86),
+                                     "none+cutmix(alpha=1.0)": (0.74, 0.76)}[c]):  # fmt: skip
+            results[Job("student", regime, c, seed).key()] = {
+                **_run(20, val_acc=final_val.get(c, 0.5)), "test_top1": top1
+            }  # fmt: skip
+        # score_ce after 2 epochs ranks the anchors (3, 1, 2): tau = (2 - 1) / 3; cmi after 10 epochs ranks them right
+        results[Job("student", regime, c, 0, 0.1).key()] = _run(
+            2, score_ce={"none": 3.0, "trivialaugment": 2.0}.get(c, 1.0)
+        )
+        results[Job("student", regime, c, 0, 0.5).key()] = _run(
+            10, cmi={"none": 0.1, "random_erasing(p=0.5)": 0.2, "trivialaugment": 0.3}.get(c, 0.0)
+        )
+        curve = [{**dict.fromkeys(READ_FIELDS, 1.0), "epoch": e, "read_seconds": 0.5,
+                  "val_loss": {2: best[c], 5: last[c]}.get(e, 5.0)} for e in range(1, 6)]  # fmt: skip
+        results[Job("student", regime, c, 0, 0.25).key()] = {**_run(5), "curve": curve}
+    calibrated = calibrated_search(regime, results)
+    # val_loss@5 and cmi@10 both agree perfectly (tau 1): the cheaper budget wins
+    assert calibrated.anchors == anchors and calibrated.anchor_val_acc == [0.6, 0.7, 0.8]
+    assert (calibrated.objective, calibrated.budget_epochs, calibrated.fraction) == ("val_loss", 5, 0.25)
+    assert calibrated.agreement == pytest.approx(1.0) and calibrated.fallback is None
+    assert calibrated.value_read == "best epoch" and calibrated.values == [3.0, 2.0, 1.0, 4.0, 0.5]
+    # anchors' full runs 3 x (20 + 0.5), their budget runs 3 x ((2 + 0.5) + (5 + 5 x 0.5) + (10 + 0.5)),
+    # every candidate at 5 epochs read every epoch: 5 x (5 + 2.5)
+    assert calibrated.seconds == pytest.approx(61.5 + 61.5 + 37.5)
+    top1 = np.array([[0.59, 0.61], [0.69, 0.71], [0.79, 0.81], [0.84, 0.86], [0.74, 0.76]])
+    rule = calibrated_rule(calibrated, top1, list(candidates), sweep=100.0)
+    assert rule.pick == "none+cutmix(alpha=1.0)" and rule.regret_pp == pytest.approx(10.0)
+    assert rule.cost_fraction == pytest.approx(1.605) and "val_loss after 5 ep" in rule.chosen_rule
+    del results[Job("student", regime, "trivialaugment", 0).key()]
+    assert calibrated_search(regime, results) is None
 
 
 def test_strong_margin_applies_the_issue_bar():
