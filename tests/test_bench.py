@@ -11,7 +11,14 @@ import pytest
 import scipy.stats
 import torch
 
-from bench.analysis import calibrated_rule, calibrated_search, calibration_anchors, cross_regime, strong_margin
+from bench.analysis import (
+    CALIBRATED_RULE,
+    calibrated_rule,
+    calibrated_search,
+    calibration_anchors,
+    cross_regime,
+    strong_margin,
+)
 from bench.planted import Nuisance, apply_nuisance
 from bench.regimes import build_regime
 from bench.run import main
@@ -252,6 +259,7 @@ def test_quick_benchmark_writes_its_outputs_whatever_the_gate_and_resumes_exactl
         "T-stddev",
         "student score_ce (sample_ce - cmi) after 25 % training",
         "student val accuracy after 50 % training",
+        CALIBRATED_RULE,
     ):
         rule = rules[name]
         good = np.array(rule["values"]) * (1 if rule["mode"] == "max" else -1)
