@@ -68,10 +68,12 @@ def precision() -> str:
 
 def check_placement() -> dict:
     """One KD epoch on ``cuda`` with the package's loader, placement and autocast."""
-    from daq_search.augment import parse_candidate
+    from daq_search.candidates import parse_candidate
     from daq_search.config import DataConfig, KDConfig, QuantConfig, StudentConfig
     from daq_search.data import load_data
-    from daq_search.kd import build_student, create_for, place, run_epoch, train_loader
+    from daq_search.kd import place, run_epoch, train_loader
+    from daq_search.models import create_for
+    from daq_search.student import build_student
 
     bundle = load_data(DataConfig(name="digits").spec())
     teacher = create_for("resnet8", 1.0, bundle)

@@ -1,5 +1,5 @@
 """The benchmark's units of work, each run in a worker process through the package's own pipeline: train a teacher
-(``kd.get_teacher``), train a student under a candidate for a budget (``trial_training.TrialTraining``, the loop a
+(``teacher.get_teacher``), train a student under a candidate for a budget (``trial_training.TrialTraining``, the loop a
 search trial runs), score every candidate with the teacher (``search.teacher_metrics`` on ``search.scoring_subset``),
 and a CPU probe that times one epoch per candidate to estimate the regime's wall time on 2 idle cores."""
 
@@ -12,11 +12,12 @@ from pathlib import Path
 
 import torch
 
-from daq_search.augment import parse_candidate
+from daq_search.candidates import parse_candidate
 from daq_search.data import DataBundle, load_data
-from daq_search.kd import eval_loader, evaluate, get_teacher, teacher_key
+from daq_search.kd import eval_loader, evaluate
 from daq_search.metric import score_candidate
 from daq_search.search import scoring_subset, teacher_metrics
+from daq_search.teacher import get_teacher, teacher_key
 from daq_search.trial_training import TrialTraining
 
 from .planted import apply_nuisance

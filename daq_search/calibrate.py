@@ -45,13 +45,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .augment import Candidate, SearchSpace, parse_candidate
+from .candidates import Candidate, parse_candidate
 from .config import CalibrateConfig, CalibrationRecord, JobSpec
 from .errors import DaqSearchError
 from .metric import METRIC_MODES
+from .spaces import SearchSpace
 
 if TYPE_CHECKING:
-    from .search import SearchPlan
+    from .search.plan import SearchPlan
 
 CALIBRATION_DIR = "calibration"
 """The calibration's Tune experiment folder inside RUN_DIR (its runs' ``trials.parquet`` is there too)."""
@@ -304,7 +305,7 @@ def run_variants(job: JobSpec, rules: Sequence[Rule]) -> dict[str, JobSpec]:
 def run_anchor(config: dict) -> None:
     """One calibration run (a Ray Tune trainable): :func:`daq_search.search.run_trial` of anchor ``candidate_id``
     with the job of its ``variant`` (``config["jobs"][variant]``)."""
-    from .search import CANDIDATE_KEY, run_trial
+    from .search.trial import CANDIDATE_KEY, run_trial
 
     run_trial(
         {
@@ -318,7 +319,8 @@ def run_anchor(config: dict) -> None:
 def _run_classes():
     """The runs table and Tune callback of a calibration (defined on first use: they extend the search's)."""
     from .results import TrialTable
-    from .search import CANDIDATE_KEY, SearchCallback
+    from .search.trial import CANDIDATE_KEY
+    from .search.watch import SearchCallback
 
     class RunTable(TrialTable):
         """The search's trial table, where each run's own ``budget`` column decides ``completed``."""
@@ -361,7 +363,9 @@ def calibrate_search(
     from ray import tune
 
     from .runtime import ray_session
-    from .search import CANDIDATE_KEY, SearchPlan, _check_same_job, _save_job, trial_dirname
+    from .search.plan import SearchPlan, _check_same_job, _save_job
+    from .search.run import trial_dirname
+    from .search.trial import CANDIDATE_KEY
 
     job = plan.job
     if job.calibrate is None:
@@ -483,9 +487,9 @@ def _reusable_checkpoints(grid, runs: pd.DataFrame, folder: Path) -> dict[str, s
     """Each completed full run's last Tune checkpoint rewritten as a Ray Train checkpoint of the final training
     (``folder/reuse/<trial_id>/state.pt``: the keys :func:`daq_search.train.train_fn_per_worker` resumes from, with
     the run's epochs as history), by anchor id. Kept when already written (a resumed calibration)."""
-    from .kd import load_state, save_checkpoint
+    from .checkpoints import load_state, save_checkpoint
     from .results import read_epochs
-    from .search import CANDIDATE_KEY, TRIAL_STATE_FILE
+    from .search.trial import CANDIDATE_KEY, TRIAL_STATE_FILE
 
     epochs = read_epochs(folder)
     done = set(runs.loc[(runs["status"] == "completed") & (runs["variant"] == FULL), "trial_id"])

@@ -23,13 +23,14 @@ from pydantic import (
     model_validator,
 )
 
-from .augment import Candidate, SearchSpace, load_search_space, parse_candidate
+from .candidates import Candidate, parse_candidate
 from .data import DATASETS, DataSpec
 from .errors import DaqSearchError
 from .files import check_run_name, clip, read_yaml
 from .metric import METRIC_MODES
 from .models import list_models
 from .quant import QUANT_METHODS
+from .spaces import SearchSpace, load_search_space
 
 MAX_EPOCHS = 10_000
 MAX_NUM_SAMPLES = 100_000

@@ -23,9 +23,9 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from .augment import build_batch_mix, build_eval_transform, build_train_transform
 from .data import TransformedDataset
 from .results import REPORTED_METRICS
+from .transforms import build_batch_mix, build_eval_transform, build_train_transform
 
 LOG_FLOOR = 1e-12
 

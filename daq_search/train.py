@@ -41,29 +41,29 @@ import torch
 from torch import nn
 from torch.utils.data.distributed import DistributedSampler
 
-from .augment import build_batch_mix, parse_candidate
+from .candidates import parse_candidate
+from .checkpoints import load_state, save_checkpoint
 from .config import JobSpec, load_job
 from .data import DataBundle, load_data
 from .errors import DaqSearchError
 from .files import RUN_NAME_ALLOWED, atomic_write, atomic_write_text, check_run_name
 from .kd import (
-    build_student,
     check_precision,
     eval_loader,
     evaluate,
-    load_state,
-    load_teacher,
     loader_workers,
     make_optimizer,
     make_scheduler,
     place,
     run_epoch,
-    save_checkpoint,
     train_loader,
 )
 from .models import create_model
 from .quant import export_int_state, load_int_state, quantize
 from .runtime import check_address, ray_session
+from .student import build_student
+from .teacher import load_teacher
+from .transforms import build_batch_mix
 
 USE_SPEC = object()
 """Default of ``run_final(baseline=...)``: take the baseline from the spec's ``final.baseline``."""

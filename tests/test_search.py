@@ -259,8 +259,9 @@ def test_score_cli_ranks_the_space_given_with_space(tmp_path, capsys):
 def test_candidate_sampler_hands_trials_the_candidate_id():
     import optuna
 
-    from daq_search.augment import load_search_space, parse_candidate
+    from daq_search.candidates import parse_candidate
     from daq_search.search import CANDIDATE_KEY, REPEAT_KEY, CandidateSampler
+    from daq_search.spaces import load_search_space
 
     space = load_search_space(Path(__file__).resolve().parent.parent / "search_spaces" / "default.yaml")
     sampler = CandidateSampler(space)

@@ -9,9 +9,9 @@ import yaml
 
 from daq_search.config import DataConfig, TeacherConfig
 from daq_search.errors import DaqSearchError
-from daq_search.kd import ensure_teacher
 from daq_search.runtime import ray_session
 from daq_search.search import plan_search, run_search
+from daq_search.teacher import ensure_teacher
 from daq_search.train import RAY_LOG_FILE, run_final
 from tests.test_search import MILD, write_job
 

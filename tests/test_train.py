@@ -11,21 +11,15 @@ import yaml
 from ray.train import Checkpoint
 from ray.train.v2.api.exceptions import WorkerGroupError
 
-from daq_search.augment import parse_candidate
+from daq_search.candidates import parse_candidate
+from daq_search.checkpoints import save_checkpoint
 from daq_search.config import DataConfig, JobSpec, RecipeConfig, TeacherConfig
 from daq_search.data import load_data
 from daq_search.errors import DaqSearchError
-from daq_search.kd import (
-    build_student,
-    eval_loader,
-    evaluate,
-    load_teacher,
-    make_optimizer,
-    make_scheduler,
-    save_checkpoint,
-    train_teacher,
-)
+from daq_search.kd import eval_loader, evaluate, make_optimizer, make_scheduler
 from daq_search.runtime import ray_session
+from daq_search.student import build_student
+from daq_search.teacher import load_teacher, train_teacher
 from daq_search.train import (
     ARTIFACT_FILE,
     STATE_FILE,
