@@ -134,7 +134,7 @@ def measure(work_dir: Path, epochs: int = EPOCHS, log=print) -> dict:
     """Run both loops once (plain first) and return ``trial_loop_ratio`` with the epoch times behind it."""
     job = loop_job(epochs)
     bundle = load_data(job.data.spec())
-    _, teacher_path = get_teacher(job.data, job.teacher, bundle, work_dir / "teachers", log=log)
+    _, teacher_path = get_teacher(job.data, job.teacher, bundle, work_dir / "teachers")
     workers = loader_workers(job.resources.cpus_per_trial, job.resources.loader_workers)
     log(f"loop ratio: plain PyTorch loop, {epochs} epochs, {workers} loader workers")
     before = plain_loop(job, teacher_path, CANDIDATE)

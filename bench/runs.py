@@ -108,7 +108,7 @@ def test_set(regime: Regime):
 def _teacher(regime: Regime, work_dir: Path) -> torch.nn.Module:
     """The regime's teacher from the cache in ``work_dir/teachers`` (trained there the first time, on CPU)."""
     data = regime.teacher_data or regime.data
-    model, _ = get_teacher(data, regime.teacher, _teacher_bundle(regime), work_dir / "teachers", log=lambda m: None)
+    model, _ = get_teacher(data, regime.teacher, _teacher_bundle(regime), work_dir / "teachers")
     return model.eval()
 
 
@@ -125,9 +125,7 @@ def run_teacher(job: Job, work_dir: Path, device: str) -> dict:
     cached = teacher_checkpoint(regime, work_dir).is_file()
     start = cpu_seconds()
     data = regime.teacher_data or regime.data
-    model, _ = get_teacher(
-        data, regime.teacher, _teacher_bundle(regime), work_dir / "teachers", device=device, log=lambda m: None
-    )
+    model, _ = get_teacher(data, regime.teacher, _teacher_bundle(regime), work_dir / "teachers", device=device)
     model = model.cpu().eval()
     seconds = None if cached else cpu_seconds() - start
     test_acc, _ = evaluate(model, eval_loader(test_set(regime), bundle))

@@ -34,9 +34,10 @@ winning anchor is not trained to the same budget a second time.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -50,6 +51,8 @@ from .config import CalibrateConfig, CalibrationRecord, JobSpec
 from .errors import DaqSearchError
 from .metric import METRIC_MODES
 from .spaces import SearchSpace
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from .search.plan import SearchPlan
@@ -353,7 +356,6 @@ def calibrate_search(
     *,
     address: str | None = None,
     resume: bool = False,
-    log: Callable[[str], None] = print,
 ) -> SearchPlan:
     """Run (or with ``resume`` continue) the calibration of a plan whose job has ``calibrate:`` (see the module
     docstring), write ``RUN_DIR/calibration.parquet`` and return the plan the search runs: the job with the chosen
@@ -388,10 +390,10 @@ def calibrate_search(
         folder, max_epochs=full_epochs(job), knob_types={"variant": "str", "budget": "int"},
         objective=job.objective, mode=job.mode,
     )  # fmt: skip
-    callback = run_callback(table, epochs_of, log=lambda line: log(f"calibration: {line}"), summary_every_s=1e9)
+    callback = run_callback(table, epochs_of, prefix="calibration: ", summary_every_s=1e9)
     resources = {"cpu": job.resources.cpus_per_trial, "gpu": job.resources.gpus_per_trial}
     trainable = tune.with_resources(run_anchor, resources)
-    log(
+    logger.info(
         f"calibration: {len(anchors)} anchors ({', '.join(anchors)}) trained {full_epochs(job)} epochs, and "
         f"{len(rules)} rules read after {', '.join(str(b) for b in sorted({rule.budget for rule in rules}))} epochs"
     )
@@ -440,7 +442,7 @@ def calibrate_search(
     _write_atomic(calibration_table(values, agreements, choice), plan.run_dir / CALIBRATION_FILE)
     checkpoints = _reusable_checkpoints(grid, runs, folder)
     for line in choice_lines(choice, values):
-        log(f"calibration: {line}")
+        logger.info(f"calibration: {line}")
     record = CalibrationRecord(
         rule=choice.objective,
         budget=choice.budget,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import socket
 from pathlib import Path
@@ -19,8 +20,11 @@ from .config import DataConfig, TeacherConfig
 from .data import DataBundle, load_data
 from .errors import DaqSearchError
 from .kd import check_precision, eval_loader, evaluate, make_optimizer, make_scheduler, place, run_epoch, train_loader
+from .logs import show_progress
 from .models import create_for, model_arch
 from .transforms import build_batch_mix
+
+logger = logging.getLogger(__name__)
 
 
 def teacher_key(data: DataConfig, teacher: TeacherConfig) -> str:
@@ -48,7 +52,7 @@ def load_teacher(path: str | Path, teacher: TeacherConfig, bundle: DataBundle) -
 
 
 def train_teacher(
-    teacher: TeacherConfig, bundle: DataBundle, device: str | torch.device = "cpu", log=print, workers: int = 0
+    teacher: TeacherConfig, bundle: DataBundle, device: str | torch.device = "cpu", workers: int = 0
 ) -> tuple[nn.Module, float]:
     """Train the full-precision teacher with cross-entropy under ``teacher.augment`` (``workers`` loader processes);
     returns it and its val accuracy."""
@@ -72,7 +76,7 @@ def train_teacher(
         )
         if epoch % 10 == 0 or epoch == teacher.recipe.epochs:
             val_acc, _ = evaluate(model, val, device)
-            log(f"teacher epoch {epoch}/{teacher.recipe.epochs}: loss {stats.loss:.3f}, val acc {val_acc:.3f}")
+            logger.info(f"teacher epoch {epoch}/{teacher.recipe.epochs}: loss {stats.loss:.3f}, val acc {val_acc:.3f}")
     return model.eval(), val_acc
 
 
@@ -82,7 +86,6 @@ def get_teacher(
     bundle: DataBundle,
     cache_dir: str | Path,
     device: str | torch.device = "cpu",
-    log=print,
     workers: int = 0,
 ) -> tuple[nn.Module, Path]:
     """The teacher and the checkpoint file every trial reads: the configured checkpoint, else a cached training.
@@ -95,10 +98,10 @@ def get_teacher(
         return load_teacher(teacher.checkpoint, teacher, bundle), Path(teacher.checkpoint)
     path = teacher_cache_path(data, teacher, cache_dir)
     if path.is_file():
-        log(f"teacher: cached {path}")
+        logger.info(f"teacher: cached {path}")
         return load_teacher(path, teacher, bundle), path
-    log(f"teacher: training {teacher.model} for {teacher.recipe.epochs} epochs on {torch.device(device).type}")
-    model, val_acc = train_teacher(teacher, bundle, device, log, workers)
+    logger.info(f"teacher: training {teacher.model} for {teacher.recipe.epochs} epochs on {torch.device(device).type}")
+    model, val_acc = train_teacher(teacher, bundle, device, workers)
     save_checkpoint(
         path,
         {
@@ -124,7 +127,6 @@ def ensure_teacher(
     cpus: float = 1.0,
     use_gpu: bool = False,
     workers: int = 0,
-    log=print,
 ) -> Path:
     """The teacher checkpoint a search's trials read: ``teacher.checkpoint`` as given, else the cached training,
     else a training run now as a Ray task reserving ``cpus`` CPUs and, with ``use_gpu``, one GPU (Ray must be up);
@@ -135,9 +137,9 @@ def ensure_teacher(
         return Path(teacher.checkpoint)
     path = teacher_cache_path(data, teacher, cache_dir)
     if path.is_file():
-        log(f"teacher: cached {path}")
+        logger.info(f"teacher: cached {path}")
         return path
-    log(f"teacher: training {teacher.model} for {teacher.recipe.epochs} epochs as a Ray task")
+    logger.info(f"teacher: training {teacher.model} for {teacher.recipe.epochs} epochs as a Ray task")
     task = ray.remote(_train_teacher_task).options(num_cpus=cpus, num_gpus=1 if use_gpu else 0, max_retries=0)
     try:
         return Path(ray.get(task.remote(data, teacher, str(cache_dir), cpus, use_gpu, workers)))
@@ -152,6 +154,7 @@ def _train_teacher_task(
 ) -> str:
     """Inside a Ray worker: load the data, train and cache the teacher on the GPU Ray gave it (``use_gpu``) or its
     CPUs; returns the checkpoint path."""
+    show_progress()
     torch.set_num_threads(max(1, int(cpus) - workers))
     device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
     bundle = load_data(data.spec())

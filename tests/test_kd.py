@@ -50,14 +50,14 @@ FAST_TEACHER = TeacherConfig(model="tiny_cnn", recipe=RecipeConfig(epochs=2, bat
 
 def test_teacher_is_trained_once_then_loaded_from_cache(digits, tmp_path, monkeypatch):
     data, bundle = digits
-    first, path = teacher_cache.get_teacher(data, FAST_TEACHER, bundle, tmp_path, log=lambda _: None)
+    first, path = teacher_cache.get_teacher(data, FAST_TEACHER, bundle, tmp_path)
     assert path.parent == tmp_path and path.name.startswith("teacher-")
 
     def no_training(*args, **kwargs):
         raise AssertionError("the cached teacher must be loaded, not trained again")
 
     monkeypatch.setattr(teacher_cache, "train_teacher", no_training)
-    second, again = teacher_cache.get_teacher(data, FAST_TEACHER, bundle, tmp_path, log=lambda _: None)
+    second, again = teacher_cache.get_teacher(data, FAST_TEACHER, bundle, tmp_path)
     assert again == path
     for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items(), strict=False):
         assert torch.equal(a, b), name
@@ -79,7 +79,7 @@ def test_corrupt_and_mismatched_teacher_checkpoints_are_one_line_errors(digits, 
 
 def test_student_from_teacher_is_quantized_and_learns(digits, tmp_path):
     data, bundle = digits
-    teacher, _ = teacher_cache.get_teacher(data, FAST_TEACHER, bundle, tmp_path, log=lambda _: None)
+    teacher, _ = teacher_cache.get_teacher(data, FAST_TEACHER, bundle, tmp_path)
     student = build_student(StudentConfig(model="tiny_cnn"), QuantConfig(wbits=4, abits=4), bundle, teacher)
     assert len(quantized_layers(student)) >= 2
     assert teacher.training is False

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,8 @@ from ..teacher import ensure_teacher, load_teacher
 from .plan import SearchPlan, _check_same_job, _save_job, knob_types
 from .trial import RUN_DIR_KEY, CandidateSampler, run_trial
 from .watch import SUMMARY_EVERY_S, SearchCallback
+
+logger = logging.getLogger(__name__)
 
 WINNER_FILE = "winner.yaml"
 TOP_SHOWN = 5
@@ -72,7 +73,7 @@ def _build_tuner(plan: SearchPlan, teacher_path: Path, callback: SearchCallback,
     trainable = tune.with_resources(run_trial, resources)
     if resume:
         tuner = tune.Tuner.restore(str(plan.run_dir), trainable, resume_unfinished=True, resume_errored=False)
-        # A restored Tuner carries the callbacks pickled by the first run; this run's callback (its log, its
+        # A restored Tuner carries the callbacks pickled by the first run; this run's callback (its
         # RUN_DIR) replaces them. The tables it loads in setup() hold every row the first run wrote.
         if tuner._local_tuner is not None:
             tuner._local_tuner.get_run_config().callbacks = [callback]
@@ -160,7 +161,6 @@ def run_search(
     *,
     address: str | None = None,
     resume: bool = False,
-    log: Callable[[str], None] = print,
     summary_every_s: float = SUMMARY_EVERY_S,
 ) -> SearchOutcome:
     """Run (or with ``resume`` continue) the search of a validated plan (:func:`plan_search`); see the module
@@ -187,7 +187,7 @@ def run_search(
     given = plan
     if not restorable:
         if resume:
-            log(f"resume: nothing to resume in {run_dir}; starting the search")
+            logger.info(f"resume: nothing to resume in {run_dir}; starting the search")
         _save_job(given)
     with ExitStack() as session:
         try:
@@ -205,12 +205,11 @@ def run_search(
             cpus=resources.cpus_per_trial,
             use_gpu=resources.gpus_per_trial > 0,
             workers=loader_workers(resources.cpus_per_trial, resources.loader_workers),
-            log=log,
         )
         if plan.job.calibrate is not None:
             from ..calibrate import calibrate_search
 
-            plan = calibrate_search(plan, teacher_path, address=address, resume=resume, log=log)
+            plan = calibrate_search(plan, teacher_path, address=address, resume=resume)
         table = TrialTable(
             run_dir,
             max_epochs=plan.job.trial.epochs,
@@ -218,8 +217,8 @@ def run_search(
             objective=plan.job.objective,
             mode=plan.job.mode,
         )
-        callback = SearchCallback(table, log=log, summary_every_s=summary_every_s)
-        log(
+        callback = SearchCallback(table, summary_every_s=summary_every_s)
+        logger.info(
             f"search {plan.name}: {plan.job.searcher.num_samples} trials of {plan.job.trial.epochs} epochs, "
             f"objective {plan.job.objective} ({plan.job.mode}), results in {run_dir}"
         )

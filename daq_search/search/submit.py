@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import time
-from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..config import load_job
 from ..errors import DaqSearchError
 from ..files import check_run_name, clip
+
+logger = logging.getLogger(__name__)
 
 UPLOAD_EXCLUDES = [".venv", "runs", ".git", "bench/work", "**/__pycache__", "*.egg-info", ".pytest_cache", "build"]
 """Left out of the working folder uploaded with a submitted search."""
@@ -70,7 +72,6 @@ def submit_search(
     wait: bool = False,
     allow_plain_http: bool = False,
     poll_s: float = 2.0,
-    log: Callable[[str], None] = print,
 ) -> tuple[str, str | None]:
     """Submit ``daq-search search`` of a job to a Ray cluster's Jobs API at ``address`` (``http://HEAD:8265``).
 
@@ -109,13 +110,13 @@ def submit_search(
     except (ConnectionError, RuntimeError, ValueError, AuthenticationError) as err:
         reason = clip(str(err).strip().splitlines()[0], 200) if str(err).strip() else type(err).__name__
         raise DaqSearchError(f"--address: cannot submit to the Ray Jobs API at {address}: {reason}") from None
-    log(f"submitted {submission_id}: {shlex.join(command)}")
-    log(f"follow its logs with: ray job logs --follow --address {address} {submission_id}")
+    logger.info(f"submitted {submission_id}: {shlex.join(command)}")
+    logger.info(f"follow its logs with: ray job logs --follow --address {address} {submission_id}")
     if not wait:
         return submission_id, None
     status = client.get_job_status(submission_id)
     while not status.is_terminal():
         time.sleep(poll_s)
         status = client.get_job_status(submission_id)
-    log(f"{submission_id}: {status}")
+    logger.info(f"{submission_id}: {status}")
     return submission_id, str(status)

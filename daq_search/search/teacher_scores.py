@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
 from pathlib import Path
 
 import pandas as pd
@@ -12,6 +12,8 @@ from ..files import atomic_write
 from ..metric import METRIC_MODES
 from ..teacher import get_teacher
 from .plan import plan_search, scoring_subset, teacher_metrics, torch_threads
+
+logger = logging.getLogger(__name__)
 
 TEACHER_SCORES_FILE = "teacher_scores.parquet"
 SCORE_COLUMNS = ("candidate", "score", "score_ce", "cmi", "align", "sample_ce", "t_stddev")
@@ -23,7 +25,6 @@ def score_space(
     space_path: str | None = None,
     storage: str | None = None,
     name: str | None = None,
-    log: Callable[[str], None] = print,
 ) -> tuple[pd.DataFrame, Path]:
     """Rank every candidate of a space by the teacher alone (no Ray, no student): the teacher's DA score terms on
     the augmented scoring subset and T-stddev. The space defaults to the job's; the teacher is trained once and
@@ -38,12 +39,14 @@ def score_space(
     subset = scoring_subset(bundle, job.scorer.subset, job.data.seed)
     rows = []
     with torch_threads(job.resources.cpus_per_trial):
-        teacher, _ = get_teacher(job.data, job.teacher, bundle, plan.storage / "teachers", device=device, log=log)
+        teacher, _ = get_teacher(job.data, job.teacher, bundle, plan.storage / "teachers", device=device)
         teacher.to(device)
         for candidate in space.candidates():
             metrics = teacher_metrics(teacher, subset, candidate, bundle, job, device)
             rows.append({"candidate": candidate.id, **{k.removeprefix("teacher_"): v for k, v in metrics.items()}})
-            log(f"scored {candidate.id}: score={metrics['teacher_score']:.4f} t_stddev={metrics['t_stddev']:.5f}")
+            logger.info(
+                f"scored {candidate.id}: score={metrics['teacher_score']:.4f} t_stddev={metrics['t_stddev']:.5f}"
+            )
     table = pd.DataFrame(rows, columns=list(SCORE_COLUMNS))
     sort_by, mode = "score", "min"
     if job.objective.startswith("teacher_") or job.objective == "t_stddev":

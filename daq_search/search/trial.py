@@ -21,6 +21,7 @@ from ..config import JobSpec
 from ..data import DataBundle, DataSpec, load_data
 from ..errors import DaqSearchError
 from ..kd import check_precision, loader_workers
+from ..logs import show_progress
 from ..spaces import SearchSpace
 from ..teacher import load_teacher
 from ..trial_training import TrialTraining
@@ -87,6 +88,7 @@ def run_trial(config: dict) -> None:
     instead of training (:func:`replay_trial`).
     """
     logging.getLogger("ray").setLevel(logging.WARNING)
+    show_progress()
     job = JobSpec.model_validate(config["job"])
     if config.get(REPEAT_KEY) and config.get(RUN_DIR_KEY) and replay_trial(config[CANDIDATE_KEY], config[RUN_DIR_KEY]):
         return

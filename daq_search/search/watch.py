@@ -4,9 +4,9 @@ the run's tables and prints one progress line per event plus a periodic summary.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,8 @@ from ray.tune.experiment import Trial
 from ..candidates import Candidate, parse_candidate
 from ..results import TrialTable, rank_trials
 from .trial import CANDIDATE_KEY, REPEAT_KEY
+
+logger = logging.getLogger(__name__)
 
 SUMMARY_EVERY_S = 30.0
 
@@ -35,17 +37,17 @@ def error_line(trial: Trial) -> str:
 class SearchCallback(tune.Callback):
     """Records every trial event in the run's :class:`~daq_search.results.TrialTable` (written to Parquet after
     each event) and prints one line per event, plus ``trials: ...; best so far: ...`` every ``summary_every_s``
-    seconds and at the end. ``log`` receives the lines (None: silent)."""
+    seconds and at the end, each logged with ``prefix`` in front."""
 
     def __init__(
         self,
         table: TrialTable,
         *,
-        log: Callable[[str], None] | None = print,
+        prefix: str = "",
         summary_every_s: float = SUMMARY_EVERY_S,
     ):
         self.table = table
-        self.log = log
+        self.prefix = prefix
         self.summary_every_s = summary_every_s
         self._last_summary = 0.0
         self._attempts: dict[str, list[str]] = {}
@@ -56,8 +58,7 @@ class SearchCallback(tune.Callback):
         self._last_summary = time.monotonic()
 
     def _say(self, line: str) -> None:
-        if self.log is not None:
-            self.log(line)
+        logger.info(self.prefix + line)
 
     def _start(self, trial: Trial) -> Candidate:
         candidate = parse_candidate(trial.config[CANDIDATE_KEY])
