@@ -365,7 +365,7 @@ def calibrate_search(
     from ray import tune
 
     from .runtime import ray_session
-    from .search.plan import SearchPlan, _check_same_job, _save_job
+    from .search.plan import SearchPlan, _save_job, check_resumable
     from .search.run import trial_dirname
     from .search.trial import CANDIDATE_KEY
 
@@ -373,14 +373,8 @@ def calibrate_search(
     if job.calibrate is None:
         return plan
     folder = plan.run_dir / CALIBRATION_DIR
-    restorable = tune.Tuner.can_restore(str(folder))
-    if restorable and not resume:
-        raise DaqSearchError(
-            f"{plan.run_dir}: a search already ran here; continue it with --resume, or choose another --name"
-        )
-    if restorable:
-        _check_same_job(plan)
-    else:
+    restorable = check_resumable(plan, folder, resume)
+    if not restorable:
         _save_job(plan)
     anchors, rules = anchor_ids(job, plan.space), calibration_rules(job)
     variants = run_variants(job, rules)

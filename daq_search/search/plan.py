@@ -157,6 +157,21 @@ def _save_job(plan: SearchPlan) -> None:
     atomic_write_text(plan.run_dir / JOB_FILE, job_to_yaml(plan.job))
 
 
+def check_resumable(plan: SearchPlan, folder: Path, resume: bool) -> bool:
+    """Whether Tune can restore the experiment in ``folder`` (the search's, or its calibration's). A restorable
+    folder is refused unless ``resume``, and resuming it needs the job the search started with."""
+    from ray import tune
+
+    restorable = tune.Tuner.can_restore(str(folder))
+    if restorable and not resume:
+        raise DaqSearchError(
+            f"{plan.run_dir}: a search already ran here; continue it with --resume, or choose another --name"
+        )
+    if restorable:
+        _check_same_job(plan)
+    return restorable
+
+
 def _check_same_job(plan: SearchPlan) -> None:
     """Refuse to resume a search with a job that differs from the one it started with (Tune would go on with the
     old one for the trials it restores)."""

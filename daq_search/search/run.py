@@ -35,7 +35,7 @@ from ..kd import loader_workers
 from ..results import TrialTable, best_trial, format_table, rank_trials
 from ..runtime import ray_session
 from ..teacher import ensure_teacher, load_teacher
-from .plan import SearchPlan, _check_same_job, _save_job, knob_types
+from .plan import SearchPlan, _save_job, check_resumable, knob_types
 from .trial import RUN_DIR_KEY, CandidateSampler, run_trial
 from .watch import SUMMARY_EVERY_S, SearchCallback
 
@@ -174,13 +174,7 @@ def run_search(
     ``resume=True`` then continues it.
     """
     run_dir = plan.run_dir
-    restorable = tune.Tuner.can_restore(str(run_dir))
-    if restorable and not resume:
-        raise DaqSearchError(
-            f"{run_dir}: a search already ran here; continue it with --resume, or choose another --name"
-        )
-    if restorable:
-        _check_same_job(plan)
+    restorable = check_resumable(plan, run_dir, resume)
     _quiet_ray()
     if plan.job.teacher.checkpoint is not None:  # a checkpoint that does not load fails before Ray starts
         load_teacher(plan.job.teacher.checkpoint, plan.job.teacher, plan.bundle)
