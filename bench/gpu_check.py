@@ -29,6 +29,8 @@ from pathlib import Path
 import torch
 import yaml
 
+from daq_search.logs import show_progress
+
 RESULT_FILE = "gpu_check.json"
 BUDGET_S = 280
 
@@ -68,10 +70,12 @@ def precision() -> str:
 
 def check_placement() -> dict:
     """One KD epoch on ``cuda`` with the package's loader, placement and autocast."""
-    from daq_search.augment import parse_candidate
+    from daq_search.candidates import parse_candidate
     from daq_search.config import DataConfig, KDConfig, QuantConfig, StudentConfig
     from daq_search.data import load_data
-    from daq_search.kd import build_student, create_for, place, run_epoch, train_loader
+    from daq_search.kd import place, run_epoch, train_loader
+    from daq_search.models import create_for
+    from daq_search.student import build_student
 
     bundle = load_data(DataConfig(name="digits").spec())
     teacher = create_for("resnet8", 1.0, bundle)
@@ -124,7 +128,7 @@ def check_search(work: Path, gpus_per_trial: float = 0.5, teacher_epochs: int = 
     }
     path = work / "gpu-check.yaml"
     path.write_text(yaml.safe_dump(job))
-    outcome = run_search(plan_search(path), log=log, summary_every_s=30.0)
+    outcome = run_search(plan_search(path), summary_every_s=30.0)
     trials = read_trials(outcome.run_dir)
     assert outcome.finished and len(trials) == 4, f"{len(trials)} trials, finished={outcome.finished}"
     assert (trials["status"] == "completed").all(), f"statuses {trials['status'].tolist()}"
@@ -144,7 +148,7 @@ def check_final(winner: str, use_gpu: bool = True) -> dict:
 
     from daq_search.train import run_final
 
-    metrics = run_final(winner, workers=1, use_gpu=use_gpu, baseline=None, log=log)
+    metrics = run_final(winner, workers=1, use_gpu=use_gpu, baseline=None)
     expected_backend, expected_device = ("nccl", "cuda") if use_gpu else ("gloo", "cpu")
     assert metrics["backend"] == expected_backend, f"backend {metrics['backend']}"
     assert str(metrics["device"]).startswith(expected_device), f"student on {metrics['device']}"
@@ -173,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         raise OutOfTime(f"the {args.budget_s} s budget ran out")
 
     signal.signal(signal.SIGALRM, out_of_time)
+    show_progress()  # the search's and the final training's progress lines
     signal.alarm(args.budget_s)
     stages = [
         ("cuda", check_cuda),

@@ -22,23 +22,15 @@ from pathlib import Path
 
 import torch
 
-from daq_search.augment import build_batch_mix, parse_candidate
+from daq_search.candidates import parse_candidate
 from daq_search.config import JobSpec
 from daq_search.data import load_data
-from daq_search.kd import (
-    build_student,
-    eval_loader,
-    evaluate,
-    get_teacher,
-    load_teacher,
-    loader_workers,
-    make_optimizer,
-    make_scheduler,
-    run_epoch,
-    train_loader,
-)
+from daq_search.kd import eval_loader, evaluate, loader_workers, make_optimizer, make_scheduler, run_epoch, train_loader
 from daq_search.metric import score_candidate
 from daq_search.search import CANDIDATE_KEY, run_trial, scoring_subset, teacher_metrics
+from daq_search.student import build_student
+from daq_search.teacher import get_teacher, load_teacher
+from daq_search.transforms import build_batch_mix
 
 EPOCHS = 6
 QUICK_EPOCHS = 3
@@ -142,7 +134,7 @@ def measure(work_dir: Path, epochs: int = EPOCHS, log=print) -> dict:
     """Run both loops once (plain first) and return ``trial_loop_ratio`` with the epoch times behind it."""
     job = loop_job(epochs)
     bundle = load_data(job.data.spec())
-    _, teacher_path = get_teacher(job.data, job.teacher, bundle, work_dir / "teachers", log=log)
+    _, teacher_path = get_teacher(job.data, job.teacher, bundle, work_dir / "teachers")
     workers = loader_workers(job.resources.cpus_per_trial, job.resources.loader_workers)
     log(f"loop ratio: plain PyTorch loop, {epochs} epochs, {workers} loader workers")
     before = plain_loop(job, teacher_path, CANDIDATE)

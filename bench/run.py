@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from daq_search.kd import teacher_key
+from daq_search.teacher import teacher_key
 
 from .analysis import cross_regime, passing, regime_summary
 from .loop_ratio import CACHE_FILE as LOOP_RATIO_FILE

@@ -1,5 +1,5 @@
 """The benchmark's units of work, each run in a worker process through the package's own pipeline: train a teacher
-(``kd.get_teacher``), train a student under a candidate for a budget (``trial_training.TrialTraining``, the loop a
+(``teacher.get_teacher``), train a student under a candidate for a budget (``trial_training.TrialTraining``, the loop a
 search trial runs), score every candidate with the teacher (``search.teacher_metrics`` on ``search.scoring_subset``),
 and a CPU probe that times one epoch per candidate to estimate the regime's wall time on 2 idle cores."""
 
@@ -12,11 +12,12 @@ from pathlib import Path
 
 import torch
 
-from daq_search.augment import parse_candidate
+from daq_search.candidates import parse_candidate
 from daq_search.data import DataBundle, load_data
-from daq_search.kd import eval_loader, evaluate, get_teacher, teacher_key
+from daq_search.kd import eval_loader, evaluate
 from daq_search.metric import score_candidate
 from daq_search.search import scoring_subset, teacher_metrics
+from daq_search.teacher import get_teacher, teacher_key
 from daq_search.trial_training import TrialTraining
 
 from .planted import apply_nuisance
@@ -107,7 +108,7 @@ def test_set(regime: Regime):
 def _teacher(regime: Regime, work_dir: Path) -> torch.nn.Module:
     """The regime's teacher from the cache in ``work_dir/teachers`` (trained there the first time, on CPU)."""
     data = regime.teacher_data or regime.data
-    model, _ = get_teacher(data, regime.teacher, _teacher_bundle(regime), work_dir / "teachers", log=lambda m: None)
+    model, _ = get_teacher(data, regime.teacher, _teacher_bundle(regime), work_dir / "teachers")
     return model.eval()
 
 
@@ -124,9 +125,7 @@ def run_teacher(job: Job, work_dir: Path, device: str) -> dict:
     cached = teacher_checkpoint(regime, work_dir).is_file()
     start = cpu_seconds()
     data = regime.teacher_data or regime.data
-    model, _ = get_teacher(
-        data, regime.teacher, _teacher_bundle(regime), work_dir / "teachers", device=device, log=lambda m: None
-    )
+    model, _ = get_teacher(data, regime.teacher, _teacher_bundle(regime), work_dir / "teachers", device=device)
     model = model.cpu().eval()
     seconds = None if cached else cpu_seconds() - start
     test_acc, _ = evaluate(model, eval_loader(test_set(regime), bundle))

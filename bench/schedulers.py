@@ -21,8 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from daq_search.augment import SearchSpace, parse_candidate
+from daq_search.candidates import parse_candidate
 from daq_search.results import rank_trials
+from daq_search.spaces import SearchSpace
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,9 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from daq_search.augment import build_batch_mix, build_train_transform
 from daq_search.data import TransformedDataset
 from daq_search.metric import LOG_FLOOR, DAScore
+from daq_search.transforms import build_batch_mix, build_train_transform
 
 
 def _augmented_batches(model, dataset, candidate, bundle, batch_size, seed, temperature):

@@ -34,9 +34,10 @@ winning anchor is not trained to the same budget a second time.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -45,13 +46,16 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .augment import Candidate, SearchSpace, parse_candidate
+from .candidates import Candidate, parse_candidate
 from .config import CalibrateConfig, CalibrationRecord, JobSpec
 from .errors import DaqSearchError
 from .metric import METRIC_MODES
+from .spaces import SearchSpace
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
-    from .search import SearchPlan
+    from .search.plan import SearchPlan
 
 CALIBRATION_DIR = "calibration"
 """The calibration's Tune experiment folder inside RUN_DIR (its runs' ``trials.parquet`` is there too)."""
@@ -304,7 +308,7 @@ def run_variants(job: JobSpec, rules: Sequence[Rule]) -> dict[str, JobSpec]:
 def run_anchor(config: dict) -> None:
     """One calibration run (a Ray Tune trainable): :func:`daq_search.search.run_trial` of anchor ``candidate_id``
     with the job of its ``variant`` (``config["jobs"][variant]``)."""
-    from .search import CANDIDATE_KEY, run_trial
+    from .search.trial import CANDIDATE_KEY, run_trial
 
     run_trial(
         {
@@ -318,7 +322,8 @@ def run_anchor(config: dict) -> None:
 def _run_classes():
     """The runs table and Tune callback of a calibration (defined on first use: they extend the search's)."""
     from .results import TrialTable
-    from .search import CANDIDATE_KEY, SearchCallback
+    from .search.trial import CANDIDATE_KEY
+    from .search.watch import SearchCallback
 
     class RunTable(TrialTable):
         """The search's trial table, where each run's own ``budget`` column decides ``completed``."""
@@ -351,7 +356,6 @@ def calibrate_search(
     *,
     address: str | None = None,
     resume: bool = False,
-    log: Callable[[str], None] = print,
 ) -> SearchPlan:
     """Run (or with ``resume`` continue) the calibration of a plan whose job has ``calibrate:`` (see the module
     docstring), write ``RUN_DIR/calibration.parquet`` and return the plan the search runs: the job with the chosen
@@ -361,20 +365,16 @@ def calibrate_search(
     from ray import tune
 
     from .runtime import ray_session
-    from .search import CANDIDATE_KEY, SearchPlan, _check_same_job, _save_job, trial_dirname
+    from .search.plan import SearchPlan, _save_job, check_resumable
+    from .search.run import trial_dirname
+    from .search.trial import CANDIDATE_KEY
 
     job = plan.job
     if job.calibrate is None:
         return plan
     folder = plan.run_dir / CALIBRATION_DIR
-    restorable = tune.Tuner.can_restore(str(folder))
-    if restorable and not resume:
-        raise DaqSearchError(
-            f"{plan.run_dir}: a search already ran here; continue it with --resume, or choose another --name"
-        )
-    if restorable:
-        _check_same_job(plan)
-    else:
+    restorable = check_resumable(plan, folder, resume)
+    if not restorable:
         _save_job(plan)
     anchors, rules = anchor_ids(job, plan.space), calibration_rules(job)
     variants = run_variants(job, rules)
@@ -384,10 +384,10 @@ def calibrate_search(
         folder, max_epochs=full_epochs(job), knob_types={"variant": "str", "budget": "int"},
         objective=job.objective, mode=job.mode,
     )  # fmt: skip
-    callback = run_callback(table, epochs_of, log=lambda line: log(f"calibration: {line}"), summary_every_s=1e9)
+    callback = run_callback(table, epochs_of, prefix="calibration: ", summary_every_s=1e9)
     resources = {"cpu": job.resources.cpus_per_trial, "gpu": job.resources.gpus_per_trial}
     trainable = tune.with_resources(run_anchor, resources)
-    log(
+    logger.info(
         f"calibration: {len(anchors)} anchors ({', '.join(anchors)}) trained {full_epochs(job)} epochs, and "
         f"{len(rules)} rules read after {', '.join(str(b) for b in sorted({rule.budget for rule in rules}))} epochs"
     )
@@ -436,7 +436,7 @@ def calibrate_search(
     _write_atomic(calibration_table(values, agreements, choice), plan.run_dir / CALIBRATION_FILE)
     checkpoints = _reusable_checkpoints(grid, runs, folder)
     for line in choice_lines(choice, values):
-        log(f"calibration: {line}")
+        logger.info(f"calibration: {line}")
     record = CalibrationRecord(
         rule=choice.objective,
         budget=choice.budget,
@@ -483,9 +483,9 @@ def _reusable_checkpoints(grid, runs: pd.DataFrame, folder: Path) -> dict[str, s
     """Each completed full run's last Tune checkpoint rewritten as a Ray Train checkpoint of the final training
     (``folder/reuse/<trial_id>/state.pt``: the keys :func:`daq_search.train.train_fn_per_worker` resumes from, with
     the run's epochs as history), by anchor id. Kept when already written (a resumed calibration)."""
-    from .kd import load_state, save_checkpoint
+    from .checkpoints import load_state, save_checkpoint
     from .results import read_epochs
-    from .search import CANDIDATE_KEY, TRIAL_STATE_FILE
+    from .search.trial import CANDIDATE_KEY, TRIAL_STATE_FILE
 
     epochs = read_epochs(folder)
     done = set(runs.loc[(runs["status"] == "completed") & (runs["variant"] == FULL), "trial_id"])

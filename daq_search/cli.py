@@ -15,6 +15,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import DaqSearchError
+from .logs import show_progress
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -22,11 +23,6 @@ EXIT_INTERRUPTED = 130
 
 class _Interrupted(Exception):
     """Ctrl-C, with the line that tells the user where things stand."""
-
-
-def _log(line: str) -> None:
-    """Print a progress line at once (also when stdout is a pipe, as under ``ray job submit``)."""
-    print(line, flush=True)
 
 
 def _search(args: argparse.Namespace) -> int:
@@ -38,7 +34,7 @@ def _search(args: argparse.Namespace) -> int:
     check_address(args.address)
     interrupted = f"interrupted; rows so far are in {plan.run_dir / TRIALS_FILE}; continue with --resume"
     try:
-        outcome = run_search(plan, address=args.address, resume=args.resume, log=_log)
+        outcome = run_search(plan, address=args.address, resume=args.resume)
     except KeyboardInterrupt:
         raise _Interrupted(interrupted) from None
     if not outcome.finished:
@@ -76,7 +72,7 @@ def _score(args: argparse.Namespace) -> int:
     from .results import format_table
     from .search import score_space
 
-    table, path = score_space(args.job, space_path=args.space, storage=args.storage, name=args.name, log=_log)
+    table, path = score_space(args.job, space_path=args.space, storage=args.storage, name=args.name)
     sys.stdout.write(format_table(table, "table"))
     print(f"wrote {path}")
     return 0
@@ -92,7 +88,6 @@ def _submit(args: argparse.Namespace) -> int:
         name=args.name,
         wait=args.wait,
         allow_plain_http=args.allow_plain_http,
-        log=_log,
     )
     return 0 if status in (None, "SUCCEEDED") else 1
 
@@ -113,7 +108,6 @@ def _train(args: argparse.Namespace) -> int:
         address=args.address,
         name=args.name,
         storage=args.storage,
-        log=_log,
         **options,
     )
     return 0
@@ -206,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``daq-search`` with ``argv`` (default: the process's arguments); returns the exit status."""
     try:
         args = build_parser().parse_args(argv)
+        show_progress()
         return args.func(args)
     except DaqSearchError as err:
         print(f"daq-search: error: {err}", file=sys.stderr)

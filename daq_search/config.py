@@ -23,16 +23,24 @@ from pydantic import (
     model_validator,
 )
 
-from .augment import Candidate, SearchSpace, load_search_space, parse_candidate
+from .candidates import Candidate, parse_candidate
 from .data import DATASETS, DataSpec
 from .errors import DaqSearchError
 from .files import check_run_name, clip, read_yaml
 from .metric import METRIC_MODES
 from .models import list_models
 from .quant import QUANT_METHODS
+from .spaces import SearchSpace, load_search_space
 
 MAX_EPOCHS = 10_000
 MAX_NUM_SAMPLES = 100_000
+
+
+def _one_of(value: str, allowed, what: str) -> str:
+    """``value`` when it is one of ``allowed``; else ValueError ``unknown <what> 'value'; allowed: a, b, ...``."""
+    if value not in allowed:
+        raise ValueError(f"unknown {what} {value!r}; allowed: {', '.join(allowed)}")
+    return value
 
 
 def _run_name(name: str) -> str:
@@ -66,9 +74,7 @@ class DataConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _known_data_set(cls, name: str) -> str:
-        if name not in DATASETS:
-            raise ValueError(f"unknown data set {name!r}; allowed: {', '.join(DATASETS)}")
-        return name
+        return _one_of(name, DATASETS, "data set")
 
     def spec(self) -> DataSpec:
         """The data module's spec for this section."""
@@ -89,9 +95,7 @@ class RecipeConfig(_Strict):
 
 
 def _known_model(name: str) -> str:
-    if name not in list_models():
-        raise ValueError(f"unknown model {name!r}; allowed: {', '.join(list_models())}")
-    return name
+    return _one_of(name, list_models(), "model")
 
 
 def _valid_candidate(text: str) -> str:
@@ -136,9 +140,7 @@ class QuantConfig(_Strict):
     @field_validator("method")
     @classmethod
     def _known_method(cls, method: str) -> str:
-        if method not in QUANT_METHODS:
-            raise ValueError(f"unknown quantizer {method!r}; allowed: {', '.join(QUANT_METHODS)}")
-        return method
+        return _one_of(method, QUANT_METHODS, "quantizer")
 
 
 class KDConfig(_Strict):
@@ -214,8 +216,7 @@ class CalibrateRulesConfig(_Strict):
         if not objectives:
             raise ValueError("an empty list chooses nothing; allowed: leave it out (every rule) or name metrics")
         for objective in objectives:
-            if objective not in METRIC_MODES:
-                raise ValueError(f"unknown metric {objective!r}; allowed: {', '.join(METRIC_MODES)}")
+            _one_of(objective, METRIC_MODES, "metric")
         return list(dict.fromkeys(objectives))
 
     @field_validator("budgets")
@@ -290,9 +291,7 @@ class JobSpec(_Strict):
     @field_validator("objective")
     @classmethod
     def _known_objective(cls, objective: str) -> str:
-        if objective not in METRIC_MODES:
-            raise ValueError(f"unknown metric {objective!r}; allowed: {', '.join(METRIC_MODES)}")
-        return objective
+        return _one_of(objective, METRIC_MODES, "metric")
 
     @model_validator(mode="after")
     def _student_matches_teacher(self) -> JobSpec:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import logging
 import os
 import shutil
 import tarfile
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import DaqSearchError
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://www.cs.toronto.edu/~kriz"
 BASE_URL_ENV = "DAQ_SEARCH_DATA_URL"
@@ -71,7 +74,7 @@ def is_installed(name: str, root: Path) -> bool:
     return all((root / archive.folder / file).is_file() for file in archive.files)
 
 
-def ensure_downloaded(name: str, root: str | Path, log=print) -> Path:
+def ensure_downloaded(name: str, root: str | Path) -> Path:
     """Install data set ``name`` under ``root`` unless it is there already; returns ``root/<folder>``.
 
     Raises DaqSearchError with one line when the archive cannot be fetched (saying what to place where), is cut
@@ -87,7 +90,7 @@ def ensure_downloaded(name: str, root: str | Path, log=print) -> Path:
         )
     root.mkdir(parents=True, exist_ok=True)
     url = archive_url(name)
-    log(f"data: downloading {archive.title} from {url} into {root}")
+    logger.info(f"data: downloading {archive.title} from {url} into {root}")
     with tempfile.TemporaryDirectory(prefix=f".{archive.folder}-", dir=root) as scratch:
         tar_path = Path(scratch) / archive.filename
         _fetch(url, tar_path, archive, root)

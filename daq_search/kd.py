@@ -1,30 +1,22 @@
-"""Knowledge distillation: the KD loss, the training and evaluation loops, the teacher (trained once, cached) and
-the quantized student built from it."""
+"""Knowledge distillation: the KD loss, the optimizer and scheduler, the seeded data loaders, the training
+epoch and evaluation loops (the engine the teacher, the trials and the final training share)."""
 
 from __future__ import annotations
 
-import copy
-import hashlib
-import json
-import os
-import socket
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .augment import Candidate, build_batch_mix, build_eval_transform, build_train_transform, parse_candidate
-from .config import DataConfig, KDConfig, QuantConfig, RecipeConfig, StudentConfig, TeacherConfig
-from .data import DataBundle, ImageDataset, TransformedDataset, load_data
+from .candidates import Candidate
+from .config import KDConfig, RecipeConfig
+from .data import DataBundle, ImageDataset, TransformedDataset
 from .errors import DaqSearchError
-from .files import atomic_write
-from .models import create_model
-from .quant import calibrate, quantize
+from .transforms import build_eval_transform, build_train_transform
 
 
 def kd_loss(
@@ -275,195 +267,3 @@ def evaluate(model: nn.Module, loader: DataLoader, device: str | torch.device = 
         n += y.numel()
     model.train(was_training)
     return correct / max(n, 1), loss / max(n, 1)
-
-
-def _arch(model_name: str, width: float, bundle: DataBundle) -> dict:
-    return {
-        "model": model_name,
-        "width": width,
-        "num_classes": bundle.num_classes,
-        "in_channels": bundle.in_channels,
-        "image_size": bundle.image_size,
-    }
-
-
-def create_for(model_name: str, width: float, bundle: DataBundle) -> nn.Module:
-    """A fresh full-precision model of the named architecture shaped for ``bundle``'s images and classes."""
-    arch = _arch(model_name, width, bundle)
-    return create_model(arch.pop("model"), **arch)
-
-
-def teacher_key(data: DataConfig, teacher: TeacherConfig) -> str:
-    """A short hash of everything that determines a trained teacher (data set, split, architecture, recipe, seed)."""
-    recipe = {"data": data.model_dump(exclude={"download"}), "teacher": teacher.model_dump(exclude={"checkpoint"})}
-    if teacher.recipe.precision == "fp32":  # keys of fp32 teachers stay those of caches made before the field
-        del recipe["teacher"]["recipe"]["precision"]
-    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def save_checkpoint(path: Path, payload: dict) -> None:
-    """Write a checkpoint atomically (temp file, then rename), so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
-
-
-def load_state(path: str | Path, field: str) -> dict:
-    """``torch.load(weights_only=True)`` of a checkpoint; a missing or corrupt file is a one-line error on ``field``."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise DaqSearchError(f"{field}: no such file {path}") from None
-    except Exception as err:  # torch raises many types for a damaged file; all mean the same to a user
-        raise DaqSearchError(f"{field}: {path} is not a readable PyTorch checkpoint ({_load_reason(err)})") from None
-
-
-def _load_reason(err: Exception) -> str:
-    """A short reason why ``torch.load`` failed, without torch's advice to load with ``weights_only=False``
-    (which would run whatever code the file carries)."""
-    text = str(err)
-    if "weights_only" in text or "Weights only load failed" in text:
-        return "it holds objects other than tensors and plain data, which are never loaded"
-    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
-    return first[:200]
-
-
-def load_teacher(path: str | Path, teacher: TeacherConfig, bundle: DataBundle) -> nn.Module:
-    """The teacher from a checkpoint: a daq-search teacher file or a plain state_dict of the configured architecture."""
-    state = load_state(path, "teacher.checkpoint")
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    model = create_for(teacher.model, teacher.width, bundle)
-    try:
-        model.load_state_dict(state)
-    except (RuntimeError, TypeError, AttributeError) as err:
-        reason = str(err).splitlines()[0]
-        raise DaqSearchError(
-            f"teacher.checkpoint: {path} does not fit teacher.model {teacher.model} (width {teacher.width}): {reason}"
-        ) from None
-    return model.eval()
-
-
-def train_teacher(
-    teacher: TeacherConfig, bundle: DataBundle, device: str | torch.device = "cpu", log=print, workers: int = 0
-) -> tuple[nn.Module, float]:
-    """Train the full-precision teacher with cross-entropy under ``teacher.augment`` (``workers`` loader processes);
-    returns it and its val accuracy."""
-    check_precision(teacher.recipe.precision, device, "teacher.recipe.precision")
-    torch.manual_seed(teacher.seed)
-    model = place(create_for(teacher.model, teacher.width, bundle), device)
-    candidate = parse_candidate(teacher.augment)
-    pin = torch.device(device).type == "cuda"
-    loader = train_loader(
-        bundle.train, candidate, bundle, teacher.recipe.batch_size, teacher.seed, workers=workers, pin_memory=pin
-    )
-    optimizer = make_optimizer(model.parameters(), teacher.recipe)
-    scheduler = make_scheduler(optimizer, teacher.recipe, len(loader))
-    mix = build_batch_mix(candidate, bundle.num_classes)
-    val = eval_loader(bundle.val, bundle)
-    val_acc = 0.0
-    for epoch in range(1, teacher.recipe.epochs + 1):
-        loader.sampler.set_epoch(epoch)
-        stats = run_epoch(
-            model, loader, optimizer, mix=mix, scheduler=scheduler, device=device, precision=teacher.recipe.precision
-        )
-        if epoch % 10 == 0 or epoch == teacher.recipe.epochs:
-            val_acc, _ = evaluate(model, val, device)
-            log(f"teacher epoch {epoch}/{teacher.recipe.epochs}: loss {stats.loss:.3f}, val acc {val_acc:.3f}")
-    return model.eval(), val_acc
-
-
-def get_teacher(
-    data: DataConfig,
-    teacher: TeacherConfig,
-    bundle: DataBundle,
-    cache_dir: str | Path,
-    device: str | torch.device = "cpu",
-    log=print,
-    workers: int = 0,
-) -> tuple[nn.Module, Path]:
-    """The teacher and the checkpoint file every trial reads: the configured checkpoint, else a cached training.
-
-    A teacher is trained once per (data, architecture, recipe, seed, teacher augmentation) and stored as
-    ``cache_dir/teacher-<hash>.pt``, with ``trained_by`` = the host name and process id that trained it; later
-    calls load that file.
-    """
-    if teacher.checkpoint is not None:
-        return load_teacher(teacher.checkpoint, teacher, bundle), Path(teacher.checkpoint)
-    path = teacher_cache_path(data, teacher, cache_dir)
-    if path.is_file():
-        log(f"teacher: cached {path}")
-        return load_teacher(path, teacher, bundle), path
-    log(f"teacher: training {teacher.model} for {teacher.recipe.epochs} epochs on {torch.device(device).type}")
-    model, val_acc = train_teacher(teacher, bundle, device, log, workers)
-    save_checkpoint(
-        path,
-        {
-            "model": model.state_dict(),
-            "arch": _arch(teacher.model, teacher.width, bundle),
-            "val_acc": val_acc,
-            "trained_by": {"host": socket.gethostname(), "pid": os.getpid()},
-        },
-    )
-    return model.cpu().to(memory_format=torch.contiguous_format), path
-
-
-def teacher_cache_path(data: DataConfig, teacher: TeacherConfig, cache_dir: str | Path) -> Path:
-    """Where a trained teacher is cached: ``cache_dir/teacher-<teacher_key>.pt``."""
-    return Path(cache_dir) / f"teacher-{teacher_key(data, teacher)}.pt"
-
-
-def ensure_teacher(
-    data: DataConfig,
-    teacher: TeacherConfig,
-    cache_dir: str | Path,
-    *,
-    cpus: float = 1.0,
-    use_gpu: bool = False,
-    workers: int = 0,
-    log=print,
-) -> Path:
-    """The teacher checkpoint a search's trials read: ``teacher.checkpoint`` as given, else the cached training,
-    else a training run now as a Ray task reserving ``cpus`` CPUs and, with ``use_gpu``, one GPU (Ray must be up);
-    the caller only waits for it. A DaqSearchError raised in the task is raised here as is."""
-    import ray
-
-    if teacher.checkpoint is not None:
-        return Path(teacher.checkpoint)
-    path = teacher_cache_path(data, teacher, cache_dir)
-    if path.is_file():
-        log(f"teacher: cached {path}")
-        return path
-    log(f"teacher: training {teacher.model} for {teacher.recipe.epochs} epochs as a Ray task")
-    task = ray.remote(_train_teacher_task).options(num_cpus=cpus, num_gpus=1 if use_gpu else 0, max_retries=0)
-    try:
-        return Path(ray.get(task.remote(data, teacher, str(cache_dir), cpus, use_gpu, workers)))
-    except ray.exceptions.RayTaskError as err:
-        if isinstance(err.cause, DaqSearchError):
-            raise DaqSearchError(str(err.cause)) from None
-        raise
-
-
-def _train_teacher_task(
-    data: DataConfig, teacher: TeacherConfig, cache_dir: str, cpus: float, use_gpu: bool, workers: int
-) -> str:
-    """Inside a Ray worker: load the data, train and cache the teacher on the GPU Ray gave it (``use_gpu``) or its
-    CPUs; returns the checkpoint path."""
-    torch.set_num_threads(max(1, int(cpus) - workers))
-    device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
-    bundle = load_data(data.spec())
-    _, path = get_teacher(data, teacher, bundle, cache_dir, device=device, workers=workers)
-    return str(path)
-
-
-def build_student(
-    student: StudentConfig, quant: QuantConfig, bundle: DataBundle, teacher: nn.Module, seed: int = 0
-) -> nn.Module:
-    """The fake-quantized student: the teacher's weights (``init: teacher``) or a fresh seeded model, then
-    ``quantize`` and step-size calibration on a fixed clean batch of training images (identical on every rank)."""
-    torch.manual_seed(seed)
-    model = copy.deepcopy(teacher) if student.init == "teacher" else create_for(student.model, student.width, bundle)
-    model = quantize(model, quant.wbits, quant.abits, method=quant.method, first_last_bits=quant.first_last_bits)
-    picks = torch.randperm(len(bundle.train), generator=torch.Generator().manual_seed(0))[:256].tolist()
-    calibration = next(iter(eval_loader(Subset(bundle.train, picks), bundle, batch_size=256)))[0]
-    calibrate(model, calibration)
-    return model.train()

@@ -17,15 +17,17 @@ adding their sums: ``KL(p_i||Q_c) = sum_k p_ik log p_ik - sum_k p_ik log Q_ck`` 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from .augment import build_batch_mix, build_eval_transform, build_train_transform
 from .data import TransformedDataset
 from .results import REPORTED_METRICS
+from .transforms import build_batch_mix, build_eval_transform, build_train_transform
 
 LOG_FLOOR = 1e-12
 
@@ -149,6 +151,20 @@ class TStddevAccumulator:
         return t_stddev(torch.stack(self.group_means))
 
 
+@contextmanager
+def _seeded_eval(model: nn.Module, seed: int) -> Iterator[None]:
+    """Run the body with ``model`` in eval mode and torch's CPU random generator seeded with ``seed``; afterwards
+    the generator's state is what it was and the model is back in its mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            yield
+    finally:
+        model.train(was_training)
+
+
 def _scoring_loader(dataset, candidate, bundle, batch_size: int) -> DataLoader:
     return DataLoader(TransformedDataset(dataset, build_train_transform(candidate, bundle)), batch_size=batch_size)
 
@@ -174,17 +190,13 @@ def score_candidate(
     """
     mix = build_batch_mix(candidate, bundle.num_classes)
     acc = ScoreAccumulator(bundle.num_classes)
-    was_training = model.training
-    model.eval()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with _seeded_eval(model, seed):
         for images, labels in _scoring_loader(dataset, candidate, bundle, batch_size):
             targets = labels
             if mix is not None:
                 images, targets = mix(images, labels)
             logits = model(images.to(device))
             acc.update(torch.softmax(logits.float() / temperature, dim=1), targets)
-    model.train(was_training)
     return acc.compute(lam)
 
 
@@ -209,10 +221,7 @@ def teacher_t_stddev(
     mix = build_batch_mix(candidate, bundle.num_classes)
     clean = DataLoader(TransformedDataset(dataset, build_eval_transform(bundle)), batch_size=batch_size)
     acc = TStddevAccumulator(group_size)
-    was_training = teacher.training
-    teacher.eval()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with _seeded_eval(teacher, seed):
         for _ in range(epochs):
             augmented = _scoring_loader(dataset, candidate, bundle, batch_size)
             for (aug_images, labels), (clean_images, _) in zip(augmented, clean, strict=False):
@@ -220,5 +229,4 @@ def teacher_t_stddev(
                     aug_images, _ = mix(aug_images, labels)
                 logits = teacher(torch.cat([aug_images, clean_images]).to(device))
                 acc.update(torch.softmax(logits.float(), dim=1))
-    teacher.train(was_training)
     return acc.compute()

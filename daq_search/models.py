@@ -25,9 +25,13 @@ torchvision's ``width_mult`` with channel rounding to integers, which keeps the 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torchvision
+
+if TYPE_CHECKING:
+    from .data import DataBundle
 from torch import nn
 
 from daq_search.errors import DaqSearchError
@@ -281,3 +285,20 @@ def mobilenet_v2(*, num_classes: int, in_channels: int, image_size: int, width: 
         nn.init.kaiming_normal_(stem.weight, mode="fan_out")
         model.features[0][0] = stem
     return _no_inplace_activations(model)
+
+
+def model_arch(model_name: str, width: float, bundle: DataBundle) -> dict:
+    """The architecture record of a model shaped for ``bundle``: name, width, classes, input channels, image side."""
+    return {
+        "model": model_name,
+        "width": width,
+        "num_classes": bundle.num_classes,
+        "in_channels": bundle.in_channels,
+        "image_size": bundle.image_size,
+    }
+
+
+def create_for(model_name: str, width: float, bundle: DataBundle) -> nn.Module:
+    """A fresh full-precision model of the named architecture shaped for ``bundle``'s images and classes."""
+    arch = model_arch(model_name, width, bundle)
+    return create_model(arch.pop("model"), **arch)

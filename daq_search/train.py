@@ -41,29 +41,32 @@ import torch
 from torch import nn
 from torch.utils.data.distributed import DistributedSampler
 
-from .augment import build_batch_mix, parse_candidate
+from .candidates import parse_candidate
+from .checkpoints import load_state, save_checkpoint
 from .config import JobSpec, load_job
 from .data import DataBundle, load_data
 from .errors import DaqSearchError
 from .files import RUN_NAME_ALLOWED, atomic_write, atomic_write_text, check_run_name
 from .kd import (
-    build_student,
     check_precision,
     eval_loader,
     evaluate,
-    load_state,
-    load_teacher,
     loader_workers,
     make_optimizer,
     make_scheduler,
     place,
     run_epoch,
-    save_checkpoint,
     train_loader,
 )
+from .logs import show_progress
 from .models import create_model
 from .quant import export_int_state, load_int_state, quantize
 from .runtime import check_address, ray_session
+from .student import build_student
+from .teacher import load_teacher
+from .transforms import build_batch_mix
+
+logger = logging.getLogger(__name__)
 
 USE_SPEC = object()
 """Default of ``run_final(baseline=...)``: take the baseline from the spec's ``final.baseline``."""
@@ -132,7 +135,6 @@ def run_final(
     name: str | None = None,
     baseline: str | None | object = USE_SPEC,
     storage: str | None = None,
-    log=print,
 ) -> dict:
     """Train the winner of ``spec_path`` (a winner.yaml or its RUN_DIR) to the end; returns ``metrics.json``'s dict.
 
@@ -140,8 +142,8 @@ def run_final(
     ``final.recipe.epochs``; ``address`` runs on an existing Ray cluster; ``name`` (default ``final``) names the
     Ray Train run, so re-running with the same name resumes it; ``baseline`` overrides ``final.baseline`` (None: no
     baseline); ``storage`` overrides Ray Train's storage path ``RUN_DIR/final/ray`` (give shared storage or a cloud
-    URI on a multi-node cluster). ``log`` receives the driver's progress lines; the per-epoch lines come from the
-    rank-0 worker's output.
+    URI on a multi-node cluster). The driver's progress lines are logged (:mod:`daq_search.logs`); the per-epoch lines
+    come from the rank-0 worker's standard output.
     """
     start = time.perf_counter()
     path = resolve_winner_file(spec_path)
@@ -164,7 +166,7 @@ def run_final(
     final_dir = path.resolve().parent / "final"
     out_dir = final_dir if name == "final" else final_dir / name
     storage = storage or str(final_dir / "ray")
-    runs = _planned_runs(name, candidate, baseline_id, log)
+    runs = _planned_runs(name, candidate, baseline_id)
     _check_in_driver(job, runs, workers)
     check_address(address)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -173,11 +175,11 @@ def run_final(
     num_cpus = max(os.cpu_count() or 1, math.ceil(workers * job.final.cpus_per_worker)) if address is None else None
     with ray_session(address, num_cpus=num_cpus), routed_worker_logs(out_dir / RAY_LOG_FILE):
         for run_name, run_candidate in runs:
-            log(f"{run_name}: training {run_candidate} for {epochs} epochs on {workers} worker(s)")
+            logger.info(f"{run_name}: training {run_candidate} for {epochs} epochs on {workers} worker(s)")
             run_start = time.perf_counter()
             reuse = _anchor_checkpoint(job, run_candidate, epochs)
             if reuse is not None:
-                log(f"{run_name}: continuing from the calibration anchor's full training in {reuse}")
+                logger.info(f"{run_name}: continuing from the calibration anchor's full training in {reuse}")
             outcome, checkpoint = _fit(job, run_candidate, epochs, workers, use_gpu, storage, run_name, reuse)
             outcome["wall_s"] = time.perf_counter() - run_start
             outcomes[run_name] = outcome
@@ -190,8 +192,8 @@ def run_final(
     with artifact.as_directory() as folder:
         _write_outputs(out_dir, metrics, pd.DataFrame(rows, columns=list(EPOCH_COLUMNS)), Path(folder) / ARTIFACT_FILE)
     for line in _summary_lines(metrics):
-        log(line)
-    log(f"{name}: wrote {out_dir / 'metrics.json'}, epochs.parquet and {ARTIFACT_FILE}")
+        logger.info(line)
+    logger.info(f"{name}: wrote {out_dir / 'metrics.json'}, epochs.parquet and {ARTIFACT_FILE}")
     return metrics
 
 
@@ -246,10 +248,10 @@ def routed_worker_logs(path: Path) -> Iterator[None]:
                 dispatcher.add_handler(name, printer)
 
 
-def _planned_runs(name: str, candidate: str, baseline_id: str | None, log) -> list[tuple[str, str]]:
+def _planned_runs(name: str, candidate: str, baseline_id: str | None) -> list[tuple[str, str]]:
     """``(Ray run name, candidate id)`` of the winner run and, unless absent or the winner itself, the baseline."""
     if baseline_id == candidate:
-        log(f"baseline {baseline_id} is the winner itself: no baseline run")
+        logger.info(f"baseline {baseline_id} is the winner itself: no baseline run")
     if baseline_id is None or baseline_id == candidate:
         return [(name, candidate)]
     return [(name, candidate), (f"{name}-baseline", baseline_id)]
@@ -402,6 +404,7 @@ def train_fn_per_worker(config: dict) -> dict:
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     # Ray Train logs every report at INFO under a logger named after its file; the progress line says it all.
     logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+    show_progress()
     job: JobSpec = config["job"]
     epochs: int = config["epochs"]
     candidate = parse_candidate(job.candidate)

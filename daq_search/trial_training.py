@@ -9,11 +9,13 @@ from typing import Any
 
 import torch
 
-from .augment import Candidate, build_batch_mix
+from .candidates import Candidate
 from .config import KDConfig, QuantConfig, RecipeConfig, ScorerConfig, StudentConfig
 from .data import DataBundle
-from .kd import build_student, eval_loader, evaluate, make_optimizer, make_scheduler, place, run_epoch, train_loader
+from .kd import eval_loader, evaluate, make_optimizer, make_scheduler, place, run_epoch, train_loader
 from .metric import score_candidate
+from .student import build_student
+from .transforms import build_batch_mix
 
 EPOCH_SEED_STRIDE = 1_000_003
 """Epoch ``e`` of a trial with seed ``s`` draws its batch mixes with seed ``s * stride + e``; its order and image

@@ -18,10 +18,11 @@ import torch
 from numpy._core import multiarray as _np_multiarray
 
 from daq_search import train
+from daq_search.checkpoints import load_state
 from daq_search.cli import main
 from daq_search.data import DataSpec, _read_numpy_pickle, load_data
 from daq_search.errors import DaqSearchError
-from daq_search.kd import create_for, load_state
+from daq_search.models import create_for
 from daq_search.results import EPOCHS_FILE, REPORTED_METRICS, TRIALS_FILE, TrialTable, read_trials
 
 KNOBS = {"policy": "str", "mix": "str"}

@@ -8,17 +8,10 @@ import optuna
 import pytest
 import torch
 
-from daq_search.augment import (
-    MIXES,
-    POLICIES,
-    Candidate,
-    build_batch_mix,
-    build_eval_transform,
-    build_train_transform,
-    load_search_space,
-    parse_candidate,
-)
+from daq_search.candidates import MIXES, POLICIES, Candidate, parse_candidate
 from daq_search.errors import DaqSearchError
+from daq_search.spaces import load_search_space
+from daq_search.transforms import build_batch_mix, build_eval_transform, build_train_transform
 
 SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
 POLICY_LIST = "none, autoaugment, randaugment, trivialaugment, augmix, random_erasing"

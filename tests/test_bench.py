@@ -280,10 +280,10 @@ def test_quick_benchmark_writes_its_outputs_whatever_the_gate_and_resumes_exactl
 
 
 def test_trial_training_resumed_from_its_state_matches_an_uninterrupted_run():
-    from daq_search.augment import parse_candidate
+    from daq_search.candidates import parse_candidate
     from daq_search.config import KDConfig, QuantConfig, RecipeConfig, ScorerConfig, StudentConfig
     from daq_search.data import DataSpec, load_data
-    from daq_search.kd import create_for
+    from daq_search.models import create_for
     from daq_search.search import scoring_subset
     from daq_search.trial_training import TrialTraining
 

@@ -15,7 +15,6 @@ import pandas as pd
 import pytest
 import yaml
 
-from daq_search.augment import load_search_space, parse_candidate
 from daq_search.calibrate import (
     Choice,
     Rule,
@@ -28,9 +27,11 @@ from daq_search.calibrate import (
     rule_agreements,
     strength_key,
 )
+from daq_search.candidates import parse_candidate
 from daq_search.config import job_from_dict
 from daq_search.errors import DaqSearchError
 from daq_search.results import format_calibration, read_calibration, read_epochs, read_trials
+from daq_search.spaces import load_search_space
 
 ROOT = Path(__file__).resolve().parent.parent
 ANCHORS = ["none", "trivialaugment", "trivialaugment+cutmix(alpha=1.0)"]

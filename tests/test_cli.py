@@ -186,7 +186,7 @@ def test_train_passes_its_options_to_run_final(tmp_path, monkeypatch):
 
     calls = []
 
-    def run_final(spec, *, log, **options):
+    def run_final(spec, **options):
         calls.append((spec, options))
         return {}
 

@@ -246,7 +246,7 @@ def test_the_address_probe_reaches_a_listener(tmp_path):
 
 @pytest.mark.parametrize("content", [b"", b"- not\n- a mapping\n", b"name: [unclosed\n", b"\xff\xfe"])
 def test_resume_with_an_empty_or_damaged_job_yaml_is_one_line(tmp_path, content):
-    from daq_search.search import JOB_FILE, _check_same_job, _save_job, plan_search
+    from daq_search.search.plan import JOB_FILE, _check_same_job, _save_job, plan_search
 
     plan = plan_search(write_job(tmp_path))
     _save_job(plan)

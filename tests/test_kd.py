@@ -6,11 +6,13 @@ import pytest
 import torch
 
 from daq_search import kd
-from daq_search.augment import parse_candidate
+from daq_search import teacher as teacher_cache
+from daq_search.candidates import parse_candidate
 from daq_search.config import DataConfig, KDConfig, QuantConfig, RecipeConfig, StudentConfig, TeacherConfig
 from daq_search.data import load_data
 from daq_search.errors import DaqSearchError
 from daq_search.quant import quantized_layers
+from daq_search.student import build_student
 
 
 def test_kd_loss_matches_hand_computation():
@@ -48,19 +50,19 @@ FAST_TEACHER = TeacherConfig(model="tiny_cnn", recipe=RecipeConfig(epochs=2, bat
 
 def test_teacher_is_trained_once_then_loaded_from_cache(digits, tmp_path, monkeypatch):
     data, bundle = digits
-    first, path = kd.get_teacher(data, FAST_TEACHER, bundle, tmp_path, log=lambda _: None)
+    first, path = teacher_cache.get_teacher(data, FAST_TEACHER, bundle, tmp_path)
     assert path.parent == tmp_path and path.name.startswith("teacher-")
 
     def no_training(*args, **kwargs):
         raise AssertionError("the cached teacher must be loaded, not trained again")
 
-    monkeypatch.setattr(kd, "train_teacher", no_training)
-    second, again = kd.get_teacher(data, FAST_TEACHER, bundle, tmp_path, log=lambda _: None)
+    monkeypatch.setattr(teacher_cache, "train_teacher", no_training)
+    second, again = teacher_cache.get_teacher(data, FAST_TEACHER, bundle, tmp_path)
     assert again == path
     for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items(), strict=False):
         assert torch.equal(a, b), name
     other_seed = FAST_TEACHER.model_copy(update={"seed": 1})
-    assert kd.teacher_key(data, other_seed) != kd.teacher_key(data, FAST_TEACHER)
+    assert teacher_cache.teacher_key(data, other_seed) != teacher_cache.teacher_key(data, FAST_TEACHER)
 
 
 def test_corrupt_and_mismatched_teacher_checkpoints_are_one_line_errors(digits, tmp_path):
@@ -68,17 +70,17 @@ def test_corrupt_and_mismatched_teacher_checkpoints_are_one_line_errors(digits, 
     corrupt = tmp_path / "broken.pt"
     corrupt.write_bytes(b"this is not a checkpoint")
     with pytest.raises(DaqSearchError, match=r"^teacher\.checkpoint: .*broken\.pt is not a readable"):
-        kd.load_teacher(corrupt, FAST_TEACHER, bundle)
+        teacher_cache.load_teacher(corrupt, FAST_TEACHER, bundle)
     wrong = tmp_path / "wrong.pt"
     torch.save({"model": {"fc.weight": torch.zeros(3, 3)}}, wrong)
     with pytest.raises(DaqSearchError, match=r"teacher\.checkpoint: .*does not fit teacher\.model tiny_cnn"):
-        kd.load_teacher(wrong, FAST_TEACHER, bundle)
+        teacher_cache.load_teacher(wrong, FAST_TEACHER, bundle)
 
 
 def test_student_from_teacher_is_quantized_and_learns(digits, tmp_path):
     data, bundle = digits
-    teacher, _ = kd.get_teacher(data, FAST_TEACHER, bundle, tmp_path, log=lambda _: None)
-    student = kd.build_student(StudentConfig(model="tiny_cnn"), QuantConfig(wbits=4, abits=4), bundle, teacher)
+    teacher, _ = teacher_cache.get_teacher(data, FAST_TEACHER, bundle, tmp_path)
+    student = build_student(StudentConfig(model="tiny_cnn"), QuantConfig(wbits=4, abits=4), bundle, teacher)
     assert len(quantized_layers(student)) >= 2
     assert teacher.training is False
     loader = kd.train_loader(bundle.train, parse_candidate("none"), bundle, batch_size=32, seed=0)

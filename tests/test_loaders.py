@@ -4,10 +4,13 @@ import pytest
 import torch
 
 from daq_search import kd
-from daq_search.augment import parse_candidate
+from daq_search import teacher as teacher_cache
+from daq_search.candidates import parse_candidate
 from daq_search.config import DataConfig, KDConfig, QuantConfig, RecipeConfig, StudentConfig, TeacherConfig
 from daq_search.data import load_data
 from daq_search.errors import DaqSearchError
+from daq_search.models import create_for
+from daq_search.student import build_student
 
 AUGMENTING = parse_candidate("randaugment(magnitude=20,num_ops=3)")
 
@@ -59,8 +62,8 @@ def test_loader_workers_come_from_the_trial_cpus_unless_set(cpus, override, expe
 
 
 def test_bf16_step_keeps_parameters_and_quantizer_steps_fp32(bundle):
-    teacher = kd.create_for("tiny_cnn", 1.0, bundle)
-    student = kd.build_student(StudentConfig(model="tiny_cnn"), QuantConfig(), bundle, teacher)
+    teacher = create_for("tiny_cnn", 1.0, bundle)
+    student = build_student(StudentConfig(model="tiny_cnn"), QuantConfig(), bundle, teacher)
     seen = []
     student.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
     loader = kd.train_loader(bundle.train, parse_candidate("none"), bundle, batch_size=16, seed=0)
@@ -88,6 +91,8 @@ def test_bf16_on_a_gpu_without_it_is_one_line(monkeypatch):
 
 def test_teacher_key_ignores_download_and_keeps_fp32_keys_but_not_bf16():
     data, teacher = DataConfig(), TeacherConfig()
-    assert kd.teacher_key(data.model_copy(update={"download": True}), teacher) == kd.teacher_key(data, teacher)
+    assert teacher_cache.teacher_key(data.model_copy(update={"download": True}), teacher) == teacher_cache.teacher_key(
+        data, teacher
+    )
     bf16 = teacher.model_copy(update={"recipe": RecipeConfig(epochs=30, precision="bf16")})
-    assert kd.teacher_key(data, bf16) != kd.teacher_key(data, teacher)
+    assert teacher_cache.teacher_key(data, bf16) != teacher_cache.teacher_key(data, teacher)

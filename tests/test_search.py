@@ -2,6 +2,9 @@
 file come out right, a diverging trial is recorded as failed, a finished search resumes to itself, and the
 teacher-only ranking."""
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +15,38 @@ import yaml
 
 from daq_search.config import load_job
 from daq_search.errors import DaqSearchError
+from daq_search.logs import PACKAGE_LOGGER
 from daq_search.results import EPOCHS_SCHEMA, best_trial, read_epochs, read_trials, trials_schema
 from daq_search.runtime import ray_session
 from daq_search.search import knob_types, plan_search, run_search, score_space, t_stddev_batch_size
+
+
+class _Lines(logging.Handler):
+    """Collects the messages of the package's progress records."""
+
+    def __init__(self, lines: list[str]):
+        super().__init__(logging.INFO)
+        self.lines = lines
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@contextmanager
+def progress_lines() -> Iterator[list[str]]:
+    """The progress lines the package logs while the body runs (for module-scoped fixtures, where ``caplog`` is
+    not available)."""
+    lines: list[str] = []
+    logger, handler = logging.getLogger(PACKAGE_LOGGER), _Lines(lines)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
 
 MILD = "none"
 HARSH = ["autoaugment(policy=svhn)+cutmix(alpha=1.0)", "randaugment(magnitude=20,num_ops=3)+mixup(alpha=1.0)"]
@@ -59,9 +91,9 @@ def ray_up():
 @pytest.fixture(scope="module")
 def finished_search(ray_up, tmp_path_factory):
     folder = tmp_path_factory.mktemp("search")
-    lines: list[str] = []
     plan = plan_search(write_job(folder))
-    outcome = run_search(plan, log=lines.append, summary_every_s=0.0)
+    with progress_lines() as lines:
+        outcome = run_search(plan, summary_every_s=0.0)
     return plan, outcome, lines
 
 
@@ -138,9 +170,9 @@ def test_rerun_refused_and_resume_of_a_finished_search_reruns_nothing(finished_s
     plan, outcome, _ = finished_search
     before = read_trials(outcome.run_dir)
     with pytest.raises(DaqSearchError, match="a search already ran here; continue it with --resume"):
-        run_search(plan, log=lambda line: None)
-    lines: list[str] = []
-    again = run_search(plan, resume=True, log=lines.append)
+        run_search(plan)
+    with progress_lines() as lines:
+        again = run_search(plan, resume=True)
     assert again.finished
     after = read_trials(outcome.run_dir)
     pd.testing.assert_frame_equal(before, after)
@@ -154,12 +186,12 @@ def test_resume_with_a_changed_job_is_refused(finished_search):
     changed = plan_search(write_job(plan.storage.parent, trial={"epochs": 3}))
     assert changed.run_dir == outcome.run_dir
     with pytest.raises(DaqSearchError, match=r"--resume: the job's trial differ from the search started in "):
-        run_search(changed, resume=True, log=lambda line: None)
+        run_search(changed, resume=True)
     pd.testing.assert_frame_equal(before, read_trials(outcome.run_dir))  # nothing ran, nothing was rewritten
 
 
 @pytest.mark.slow
-def test_a_repeated_candidate_replays_the_first_trial_instead_of_training(ray_up, tmp_path):
+def test_a_repeated_candidate_replays_the_first_trial_instead_of_training(ray_up, tmp_path, caplog):
     space = tmp_path / "one.yaml"
     space.write_text(yaml.safe_dump({"name": "one", "candidates": [MILD]}))
     path = write_job(
@@ -170,8 +202,9 @@ def test_a_repeated_candidate_replays_the_first_trial_instead_of_training(ray_up
         scheduler={"enabled": False},
         max_concurrent_trials=2,  # the second trial starts while the first trains, and waits for it
     )
-    lines: list[str] = []
-    outcome = run_search(plan_search(path), log=lines.append)
+    caplog.set_level(logging.INFO, logger=PACKAGE_LOGGER)
+    outcome = run_search(plan_search(path))
+    lines = [record.getMessage() for record in caplog.records if record.name.startswith(PACKAGE_LOGGER)]
     trials = read_trials(outcome.run_dir).sort_values("started_at")
     epochs = read_epochs(outcome.run_dir)
     assert outcome.finished and list(trials["candidate"]) == [MILD] * 3
@@ -186,11 +219,12 @@ def test_a_repeated_candidate_replays_the_first_trial_instead_of_training(ray_up
 
 
 @pytest.mark.slow
-def test_max_failures_retries_a_failed_trial_once_and_records_both_attempts(ray_up, tmp_path):
+def test_max_failures_retries_a_failed_trial_once_and_records_both_attempts(ray_up, tmp_path, caplog):
     diverging = {"epochs": 1, "optimizer": "sgd", "lr": 1.0e30}
     path = write_job(tmp_path, name="retry", trial=diverging, searcher={"num_samples": 1}, max_failures=1)
-    lines: list[str] = []
-    outcome = run_search(plan_search(path), log=lines.append)
+    caplog.set_level(logging.INFO, logger=PACKAGE_LOGGER)
+    outcome = run_search(plan_search(path))
+    lines = [record.getMessage() for record in caplog.records if record.name.startswith(PACKAGE_LOGGER)]
     trials = read_trials(outcome.run_dir)
     assert list(trials["status"]) == ["failed"]
     loss = r"FloatingPointError: training loss became (nan|inf)[^;]*"
@@ -201,11 +235,12 @@ def test_max_failures_retries_a_failed_trial_once_and_records_both_attempts(ray_
 
 
 @pytest.mark.slow
-def test_diverging_trials_are_recorded_as_failed(ray_up, tmp_path):
+def test_diverging_trials_are_recorded_as_failed(ray_up, tmp_path, caplog):
     diverging = {"epochs": 1, "optimizer": "sgd", "lr": 1.0e30}  # the first SGD step overflows the weights
     path = write_job(tmp_path, name="diverge", trial=diverging, searcher={"num_samples": 2})
-    lines: list[str] = []
-    outcome = run_search(plan_search(path), log=lines.append)
+    caplog.set_level(logging.INFO, logger=PACKAGE_LOGGER)
+    outcome = run_search(plan_search(path))
+    lines = [record.getMessage() for record in caplog.records if record.name.startswith(PACKAGE_LOGGER)]
     assert outcome.finished and outcome.winner_file is None
     trials = read_trials(outcome.run_dir)
     assert list(trials["status"]) == ["failed", "failed"]
@@ -226,14 +261,14 @@ def test_t_stddev_batch_gives_enough_groups():
 @pytest.mark.slow
 def test_teacher_only_ranking(tmp_path):
     path = write_job(tmp_path, name="score", objective="score")
-    table, parquet = score_space(path, log=lambda line: None)
+    table, parquet = score_space(path)
     assert list(table.columns) == ["candidate", "score", "score_ce", "cmi", "align", "sample_ce", "t_stddev"]
     assert sorted(table["candidate"]) == sorted([MILD, *HARSH])
     assert table["score"].is_monotonic_increasing
     assert parquet == tmp_path / "runs" / "score" / "teacher_scores.parquet"
     pd.testing.assert_frame_equal(pd.read_parquet(parquet), table)
     by_ce = write_job(tmp_path, name="score", objective="teacher_sample_ce")
-    ranked, _ = score_space(by_ce, log=lambda line: None)
+    ranked, _ = score_space(by_ce)
     assert ranked["sample_ce"].is_monotonic_increasing and sorted(ranked["candidate"]) == sorted([MILD, *HARSH])
 
 
@@ -259,8 +294,9 @@ def test_score_cli_ranks_the_space_given_with_space(tmp_path, capsys):
 def test_candidate_sampler_hands_trials_the_candidate_id():
     import optuna
 
-    from daq_search.augment import load_search_space, parse_candidate
+    from daq_search.candidates import parse_candidate
     from daq_search.search import CANDIDATE_KEY, REPEAT_KEY, CandidateSampler
+    from daq_search.spaces import load_search_space
 
     space = load_search_space(Path(__file__).resolve().parent.parent / "search_spaces" / "default.yaml")
     sampler = CandidateSampler(space)

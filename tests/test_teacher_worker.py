@@ -9,11 +9,11 @@ import yaml
 
 from daq_search.config import DataConfig, TeacherConfig
 from daq_search.errors import DaqSearchError
-from daq_search.kd import ensure_teacher
 from daq_search.runtime import ray_session
 from daq_search.search import plan_search, run_search
+from daq_search.teacher import ensure_teacher
 from daq_search.train import RAY_LOG_FILE, run_final
-from tests.test_search import MILD, write_job
+from tests.test_search import MILD, progress_lines, write_job
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +28,8 @@ def searched(tmp_path_factory):
     spec = yaml.safe_load(job.read_text())
     spec["final"] = {"recipe": {"epochs": 1, "batch_size": 50}, "workers": 1, "baseline": None}
     job.write_text(yaml.safe_dump(spec))
-    lines: list[str] = []
-    with ray_session(num_cpus=2):
-        outcome = run_search(plan_search(job), log=lines.append, summary_every_s=0.0)
+    with ray_session(num_cpus=2), progress_lines() as lines:
+        outcome = run_search(plan_search(job), summary_every_s=0.0)
     return outcome, lines
 
 
@@ -47,8 +46,7 @@ def test_teacher_is_trained_in_a_ray_worker_not_the_driver(searched):
 @pytest.mark.slow
 def test_healthy_final_training_prints_progress_and_no_ray_warnings(searched, capfd):
     outcome, _ = searched
-    lines: list[str] = []
-    metrics = run_final(str(outcome.winner_file), log=lines.append)
+    metrics = run_final(str(outcome.winner_file))
     out, err = capfd.readouterr()
     assert "final epoch 1/1" in out
     for noise in ("PlacementGroupCleaner", "Failed to query", "WARNING"):

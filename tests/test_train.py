@@ -1,6 +1,7 @@
 """The final distributed training: winner-file errors, DDP on 2 CPU workers, resume, baseline, integer artifact."""
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -11,21 +12,16 @@ import yaml
 from ray.train import Checkpoint
 from ray.train.v2.api.exceptions import WorkerGroupError
 
-from daq_search.augment import parse_candidate
+from daq_search.candidates import parse_candidate
+from daq_search.checkpoints import save_checkpoint
 from daq_search.config import DataConfig, JobSpec, RecipeConfig, TeacherConfig
 from daq_search.data import load_data
 from daq_search.errors import DaqSearchError
-from daq_search.kd import (
-    build_student,
-    eval_loader,
-    evaluate,
-    load_teacher,
-    make_optimizer,
-    make_scheduler,
-    save_checkpoint,
-    train_teacher,
-)
+from daq_search.kd import eval_loader, evaluate, make_optimizer, make_scheduler
+from daq_search.logs import PACKAGE_LOGGER
 from daq_search.runtime import ray_session
+from daq_search.student import build_student
+from daq_search.teacher import load_teacher, train_teacher
 from daq_search.train import (
     ARTIFACT_FILE,
     STATE_FILE,
@@ -38,6 +34,7 @@ from daq_search.train import (
     load_int_artifact,
     run_final,
 )
+from tests.test_search import progress_lines
 
 REPO = Path(__file__).resolve().parents[1]
 WINNER = "randaugment(magnitude=5,num_ops=1)+cutmix(alpha=1.0)"
@@ -70,7 +67,7 @@ def teacher_file(tmp_path_factory) -> Path:
     """A tiny FP teacher trained for 30 epochs (~5 s) on 200 digits, saved as a daq-search teacher checkpoint."""
     job = _job(None, None)
     data, teacher = DataConfig(**job["data"]), TeacherConfig(**job["teacher"])
-    model, _ = train_teacher(teacher, load_data(data.spec()), log=lambda _: None)
+    model, _ = train_teacher(teacher, load_data(data.spec()))
     path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
     save_checkpoint(path, {"model": model.state_dict()})
     return path
@@ -256,7 +253,7 @@ def first_run(tmp_path_factory, teacher_file, ray_up):
     """The winner for 1 of its 2 epochs on 2 workers, no baseline: (run dir, metrics, epochs table)."""
     run_dir = tmp_path_factory.mktemp("run")
     _write_winner(run_dir, _job(teacher_file, WINNER))
-    metrics = run_final(str(run_dir), epochs=1, baseline=None, log=lambda _: None)
+    metrics = run_final(str(run_dir), epochs=1, baseline=None)
     return run_dir, metrics, pd.read_parquet(run_dir / "final" / "epochs.parquet")
 
 
@@ -264,8 +261,8 @@ def first_run(tmp_path_factory, teacher_file, ray_up):
 def second_run(first_run):
     """The same command with the spec's 2 epochs and its ``none`` baseline: (run dir, metrics, log lines)."""
     run_dir = first_run[0]
-    lines: list[str] = []
-    metrics = run_final(str(run_dir / "winner.yaml"), log=lines.append)
+    with progress_lines() as lines:
+        metrics = run_final(str(run_dir / "winner.yaml"))
     return run_dir, metrics, lines
 
 
@@ -325,9 +322,9 @@ def test_baseline_is_trained_and_compared(second_run):
     assert set(rows[rows["run"] == "final-baseline"]["candidate"]) == {"none"}
 
 
-def test_baseline_equal_to_winner_is_skipped():
-    lines: list[str] = []
-    assert _planned_runs("final", WINNER, WINNER, lines.append) == [("final", WINNER)]
-    assert lines == [f"baseline {WINNER} is the winner itself: no baseline run"]
-    assert _planned_runs("f", WINNER, "none", lines.append) == [("f", WINNER), ("f-baseline", "none")]
-    assert _planned_runs("f", WINNER, None, lines.append) == [("f", WINNER)] and len(lines) == 1
+def test_baseline_equal_to_winner_is_skipped(caplog):
+    caplog.set_level(logging.INFO, logger=PACKAGE_LOGGER)
+    assert _planned_runs("final", WINNER, WINNER) == [("final", WINNER)]
+    assert caplog.messages == [f"baseline {WINNER} is the winner itself: no baseline run"]
+    assert _planned_runs("f", WINNER, "none") == [("f", WINNER), ("f-baseline", "none")]
+    assert _planned_runs("f", WINNER, None) == [("f", WINNER)] and len(caplog.messages) == 1

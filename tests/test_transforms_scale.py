@@ -1,10 +1,11 @@
-"""TrivialAugment's translation scales with the image side (daq_search.augment.ScaledTrivialAugmentWide)."""
+"""TrivialAugment's translation scales with the image side (daq_search.transforms.ScaledTrivialAugmentWide)."""
 
 import pytest
 import torch
 from torchvision.transforms import v2
 
-from daq_search.augment import ScaledTrivialAugmentWide, _policy_transform, parse_candidate
+from daq_search.candidates import parse_candidate
+from daq_search.transforms import ScaledTrivialAugmentWide, _policy_transform
 
 
 def translate_only(transform: v2.TrivialAugmentWide) -> v2.TrivialAugmentWide:

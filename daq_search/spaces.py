@@ -1,10 +1,6 @@
-"""Augmentation candidates: what they are, their string ids, the transforms they build, and search spaces over them.
-
-A candidate is one image-level policy with its knobs plus, optionally, one batch-level mix with its knobs. Its id is a
-string a reader can log, put in a table and parse back, e.g. ``randaugment(magnitude=9,num_ops=2)+cutmix(alpha=1.0)``.
-Search spaces come from YAML files (see ``search_spaces/*.yaml``): either a fixed list of candidates or, per policy and
-mix, the range of each knob on a step grid (so ids stay readable, e.g. ``cutmix(alpha=0.3)``), which Optuna samples
-define-by-run.
+"""Search spaces over candidates, from YAML files (see ``search_spaces/*.yaml``): either a fixed list of candidates or,
+per policy and mix, the range of each knob on a step grid (so ids stay readable, e.g. ``cutmix(alpha=0.3)``), which
+Optuna samples define-by-run.
 """
 
 from __future__ import annotations
@@ -12,326 +8,14 @@ from __future__ import annotations
 import itertools
 import math
 import numbers
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from torchvision.transforms import v2
-
+from daq_search.candidates import CANDIDATE_GRAMMAR, MIXES, POLICIES, Candidate, KnobSpec, format_value, parse_candidate
 from daq_search.errors import DaqSearchError
 from daq_search.files import read_yaml
-
-
-@dataclass(frozen=True)
-class KnobSpec:
-    """One knob of a policy or mix: its value type (int, float or str), default, and the values it may take.
-
-    Numeric knobs take values in [low, high] (or (low, high] when ``low_exclusive``); str knobs one of ``choices``.
-    """
-
-    value_type: type
-    default: Any
-    low: float | None = None
-    high: float | None = None
-    low_exclusive: bool = False
-    choices: tuple[str, ...] = ()
-
-    def describe(self) -> str:
-        """The allowed values in words, e.g. ``integer in [1, 5]`` or ``one of cifar10, imagenet, svhn``."""
-        if self.value_type is str:
-            return "one of " + ", ".join(self.choices)
-        if self.value_type is int:
-            return f"integer in [{self.low}, {self.high}]"
-        return f"float in {'(' if self.low_exclusive else '['}{self.low!r}, {self.high!r}]"
-
-    def check(self, value: Any, where: str) -> Any:
-        """``value`` in this knob's canonical type (int, float or str); DaqSearchError naming ``where`` if not
-        allowed."""
-        allowed = f"; allowed: {self.describe()}"
-        if self.value_type is str:
-            if not isinstance(value, str) or value not in self.choices:
-                raise DaqSearchError(f"{where}: {value!r} is not allowed{allowed}")
-            return value
-        if self.value_type is int:
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-                raise DaqSearchError(f"{where}: {value!r} is not an integer{allowed}")
-            number = int(value)
-        else:
-            if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                raise DaqSearchError(f"{where}: {value!r} is not a number{allowed}")
-            number = float(value) + 0.0  # turns -0.0 into 0.0
-        above_low = number > self.low if self.low_exclusive else number >= self.low
-        if not (above_low and number <= self.high):
-            raise DaqSearchError(f"{where}: {number!r} is out of range{allowed}")
-        return number
-
-    def from_text(self, text: str, where: str) -> Any:
-        """The value written as ``text`` in a candidate id, checked as by :meth:`check`."""
-        if self.value_type is int:
-            if not re.fullmatch(r"[+-]?\d+", text):
-                raise DaqSearchError(f"{where}: {text!r} is not an integer; allowed: {self.describe()}")
-            return self.check(int(text), where)
-        if self.value_type is float:
-            try:
-                number = float(text)
-            except ValueError:
-                raise DaqSearchError(f"{where}: {text!r} is not a number; allowed: {self.describe()}") from None
-            return self.check(number, where)
-        return self.check(text, where)
-
-
-AUTOAUGMENT_POLICIES = ("cifar10", "imagenet", "svhn")
-
-POLICIES: dict[str, dict[str, KnobSpec]] = {
-    "none": {},
-    "autoaugment": {"policy": KnobSpec(str, "cifar10", choices=AUTOAUGMENT_POLICIES)},
-    "randaugment": {"num_ops": KnobSpec(int, 2, 1, 5), "magnitude": KnobSpec(int, 9, 0, 30)},
-    "trivialaugment": {},
-    "augmix": {"severity": KnobSpec(int, 3, 1, 10)},
-    "random_erasing": {"p": KnobSpec(float, 0.5, 0.0, 1.0)},
-}
-"""Image-level policies: name -> knob name -> spec."""
-
-MIXES: dict[str, dict[str, KnobSpec]] = {
-    "cutmix": {"alpha": KnobSpec(float, 1.0, 0.0, 10.0, low_exclusive=True)},
-    "mixup": {"alpha": KnobSpec(float, 0.2, 0.0, 10.0, low_exclusive=True)},
-}
-"""Batch-level mixes: name -> knob name -> spec."""
-
-CANDIDATE_GRAMMAR = "'<policy>[(knob=value,...)][+<mix>[(knob=value,...)]]'"
-
-
-def _canonical_args(owner: str, specs: Mapping[str, KnobSpec], args: Any) -> tuple[tuple[str, Any], ...]:
-    """Every knob of ``owner`` as sorted (name, value) pairs: given values checked, missing ones at their default."""
-    given = dict(args)
-    if not isinstance(args, Mapping) and len(given) != len(args):
-        raise DaqSearchError(f"{owner}: a knob is given twice in {args!r}; allowed: each knob once")
-    unknown = sorted(set(given) - set(specs), key=str)
-    if unknown:
-        allowed = ", ".join(sorted(specs)) or f"none ({owner} has no knobs)"
-        raise DaqSearchError(f"{owner}: unknown knob {unknown[0]!r}; allowed: {allowed}")
-    return tuple(
-        (knob, specs[knob].check(given.get(knob, specs[knob].default), f"{owner}.{knob}")) for knob in sorted(specs)
-    )
-
-
-def _format_value(value: Any) -> str:
-    """A knob value as written in an id: floats in their shortest round-tripping form (``repr``)."""
-    return repr(value) if isinstance(value, float) else str(value)
-
-
-def _format_part(name: str, args: tuple[tuple[str, Any], ...]) -> str:
-    """``name`` or ``name(knob=value,...)``."""
-    if not args:
-        return name
-    return f"{name}({','.join(f'{knob}={_format_value(value)}' for knob, value in args)})"
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One augmentation candidate: an image-level policy and an optional batch-level mix, each with all its knobs.
-
-    The knob arguments may be given as a mapping or as (name, value) pairs, and may leave knobs out; they are stored
-    sorted by knob name with every knob present (defaults filled), so equal candidates compare and hash equal.
-    """
-
-    policy: str = "none"
-    policy_args: tuple[tuple[str, Any], ...] = ()
-    mix: str | None = None
-    mix_args: tuple[tuple[str, Any], ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.policy not in POLICIES:
-            raise DaqSearchError(f"unknown policy {self.policy!r}; allowed: {', '.join(POLICIES)}")
-        object.__setattr__(self, "policy_args", _canonical_args(self.policy, POLICIES[self.policy], self.policy_args))
-        if self.mix is None:
-            if self.mix_args:
-                raise DaqSearchError(f"mix_args {self.mix_args!r} given without a mix; allowed: mix args with a mix")
-            object.__setattr__(self, "mix_args", ())
-            return
-        if self.mix not in MIXES:
-            raise DaqSearchError(f"unknown mix {self.mix!r}; allowed: {', '.join(MIXES)} (or None for no mix)")
-        object.__setattr__(self, "mix_args", _canonical_args(self.mix, MIXES[self.mix], self.mix_args))
-
-    @property
-    def id(self) -> str:
-        """Canonical string, e.g. ``randaugment(magnitude=9,num_ops=2)+cutmix(alpha=1.0)``; parse it back with
-        :func:`parse_candidate`."""
-        text = _format_part(self.policy, self.policy_args)
-        return text if self.mix is None else f"{text}+{_format_part(self.mix, self.mix_args)}"
-
-    def knobs(self) -> dict[str, Any]:
-        """Flat record for tables: ``{"policy": ..., "<policy>.<knob>": ..., "mix": name or "none",
-        "<mix>.<knob>": ...}``."""
-        record: dict[str, Any] = {"policy": self.policy}
-        record.update({f"{self.policy}.{knob}": value for knob, value in self.policy_args})
-        record["mix"] = self.mix or "none"
-        record.update({f"{self.mix}.{knob}": value for knob, value in self.mix_args})
-        return record
-
-
-_PART = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\((.*)\))?\s*", re.DOTALL)
-
-
-def _split_top_level(text: str) -> list[str]:
-    """``text`` split at the '+' signs outside parentheses (a '+' inside, as in ``alpha=1e+0``, stays)."""
-    parts, depth, start = [], 0, 0
-    for index, char in enumerate(text):
-        depth += {"(": 1, ")": -1}.get(char, 0)
-        if char == "+" and depth == 0:
-            parts.append(text[start:index])
-            start = index + 1
-    parts.append(text[start:])
-    return parts
-
-
-def _parse_part(part: str) -> tuple[str, dict[str, str]]:
-    """``name(knob=value,...)`` -> (name, {knob: value text})."""
-    match = _PART.fullmatch(part)
-    if match is None:
-        raise DaqSearchError(f"cannot parse {part.strip()!r}; allowed: {CANDIDATE_GRAMMAR}")
-    name, arg_text = match.group(1), match.group(2)
-    raw: dict[str, str] = {}
-    if arg_text is None or not arg_text.strip():
-        return name, raw
-    for item in arg_text.split(","):
-        knob, equals, value = item.partition("=")
-        knob, value = knob.strip(), value.strip()
-        if not equals or not knob or not value:
-            raise DaqSearchError(f"{name}: cannot parse {item.strip()!r}; allowed: knob=value")
-        if knob in raw:
-            raise DaqSearchError(f"{name}: knob {knob!r} given twice; allowed: each knob once")
-        raw[knob] = value
-    return name, raw
-
-
-def _typed_args(owner: str, specs: Mapping[str, KnobSpec], raw: Mapping[str, str]) -> dict[str, Any]:
-    """Knob value texts converted by their specs; unknown knobs rejected."""
-    for knob in raw:
-        if knob not in specs:
-            allowed = ", ".join(sorted(specs)) or f"none ({owner} has no knobs)"
-            raise DaqSearchError(f"{owner}: unknown knob {knob!r}; allowed: {allowed}")
-    return {knob: specs[knob].from_text(text, f"{owner}.{knob}") for knob, text in raw.items()}
-
-
-def parse_candidate(text: str) -> Candidate:
-    """The candidate an id names (inverse of :attr:`Candidate.id`); missing knobs take their defaults, whitespace is
-    ignored, and a mix named alone (``"cutmix"``) means ``none+cutmix``. DaqSearchError naming ``text`` on any error."""
-    try:
-        if not isinstance(text, str):
-            raise DaqSearchError(f"not a string; allowed: {CANDIDATE_GRAMMAR}")
-        if not text.strip():
-            raise DaqSearchError(f"empty; allowed: {CANDIDATE_GRAMMAR}")
-        parts = _split_top_level(text)
-        if len(parts) > 2:
-            raise DaqSearchError(f"more than one '+'; allowed: {CANDIDATE_GRAMMAR}")
-        (policy, policy_raw), *mix_part = [_parse_part(part) for part in parts]
-        if not mix_part and policy in MIXES:
-            return Candidate("none", (), policy, _typed_args(policy, MIXES[policy], policy_raw))
-        if policy in MIXES:
-            raise DaqSearchError(f"{policy!r} is a mix and must come second; allowed: {CANDIDATE_GRAMMAR}")
-        if policy not in POLICIES:
-            raise DaqSearchError(
-                f"unknown policy {policy!r}; allowed: {', '.join(POLICIES)} (or a mix alone: {', '.join(MIXES)})"
-            )
-        policy_args = _typed_args(policy, POLICIES[policy], policy_raw)
-        if not mix_part:
-            return Candidate(policy, policy_args)
-        mix, mix_raw = mix_part[0]
-        if mix not in MIXES:
-            raise DaqSearchError(f"unknown mix {mix!r}; allowed: {', '.join(MIXES)}")
-        return Candidate(policy, policy_args, mix, _typed_args(mix, MIXES[mix], mix_raw))
-    except DaqSearchError as error:
-        raise DaqSearchError(f"candidate {text!r}: {error}") from None
-
-
-TRIVIALAUGMENT_TRANSLATE_FRACTION = 32 / 32
-"""Largest TrivialAugment translation as a fraction of the image side: the wide space's 32 px on the 32x32 images
-(CIFAR, SVHN) it was defined on."""
-
-
-class ScaledTrivialAugmentWide(v2.TrivialAugmentWide):
-    """TrivialAugment Wide with its translation relative to the image side.
-
-    The wide space (Muller & Hutter, ICCV 2021; automl/trivialaugment ``aug_lib.py``) translates up to 32 px and was
-    defined and evaluated on 32x32 images, i.e. up to the whole side; the authors' standard space likewise moves
-    10 px on 32x32 images and 70 px on 224x224 ones (0.31 of the side at both sizes). torchvision keeps the 32 px
-    at every size, which at 16x16 shifts the image wholly out of frame for about half of the 31 magnitudes.
-    Here the largest translation is ``TRIVIALAUGMENT_TRANSLATE_FRACTION`` x the side, so 32x32 images get exactly
-    torchvision's and the paper's magnitudes. Rotation (up to 135 degrees), shear (up to 0.99) and the colour ops
-    are dimensionless and stay as they are.
-    """
-
-    _AUGMENTATION_SPACE = {
-        **v2.TrivialAugmentWide._AUGMENTATION_SPACE,
-        "TranslateX": (
-            lambda num_bins, height, width: torch.linspace(0.0, TRIVIALAUGMENT_TRANSLATE_FRACTION * width, num_bins),
-            True,
-        ),
-        "TranslateY": (
-            lambda num_bins, height, width: torch.linspace(0.0, TRIVIALAUGMENT_TRANSLATE_FRACTION * height, num_bins),
-            True,
-        ),
-    }
-
-
-def _policy_transform(candidate: Candidate) -> v2.Transform | None:
-    """The uint8 image-level transform of the candidate's policy (None for ``none`` and ``random_erasing``, which
-    acts on float images)."""
-    args = dict(candidate.policy_args)
-    if candidate.policy == "autoaugment":
-        return v2.AutoAugment(v2.AutoAugmentPolicy(args["policy"]))
-    if candidate.policy == "randaugment":
-        return v2.RandAugment(num_ops=args["num_ops"], magnitude=args["magnitude"])
-    if candidate.policy == "trivialaugment":
-        return ScaledTrivialAugmentWide()
-    if candidate.policy == "augmix":
-        return v2.AugMix(severity=args["severity"])
-    return None
-
-
-def build_train_transform(candidate: Candidate, bundle: Any) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Training transform: uint8 image [C,H,W] -> float32 normalised [C,H,W].
-
-    Order: RandomCrop(bundle.image_size, padding=bundle.crop_padding), RandomHorizontalFlip if ``bundle.hflip``, the
-    candidate's policy on uint8, ToDtype(float32, scale=True), RandomErasing if that is the policy, then
-    Normalize(bundle.mean, bundle.std).
-    """
-    steps: list[v2.Transform] = [v2.RandomCrop(bundle.image_size, padding=bundle.crop_padding)]
-    if bundle.hflip:
-        steps.append(v2.RandomHorizontalFlip())
-    policy = _policy_transform(candidate)
-    if policy is not None:
-        steps.append(policy)
-    steps.append(v2.ToDtype(torch.float32, scale=True))
-    if candidate.policy == "random_erasing":
-        steps.append(v2.RandomErasing(p=dict(candidate.policy_args)["p"]))
-    steps.append(v2.Normalize(list(bundle.mean), list(bundle.std)))
-    return v2.Compose(steps)
-
-
-def build_eval_transform(bundle: Any) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Evaluation transform: uint8 image [C,H,W] -> float32 [C,H,W] scaled to [0, 1] and normalised by
-    ``bundle.mean`` / ``bundle.std``."""
-    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(bundle.mean), list(bundle.std))])
-
-
-def build_batch_mix(
-    candidate: Candidate, num_classes: int
-) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None:
-    """The candidate's batch mix, or None without one: (images [B,C,H,W] float, labels [B] int64) -> (mixed images
-    [B,C,H,W], soft targets [B, num_classes] float32 whose rows sum to 1). Each image is mixed with the one before it
-    in the batch (torchvision's CutMix / MixUp)."""
-    if candidate.mix is None:
-        return None
-    alpha = dict(candidate.mix_args)["alpha"]
-    if candidate.mix == "cutmix":
-        return v2.CutMix(alpha=alpha, num_classes=num_classes)
-    return v2.MixUp(alpha=alpha, num_classes=num_classes)
-
 
 DEFAULT_STEPS: dict[type, int | float] = {int: 1, float: 0.05}
 """The grid a numeric range is sampled on when its YAML gives no ``step``: integers 1 apart, floats 0.05 apart."""
@@ -361,7 +45,7 @@ class KnobDomain:
     def describe(self) -> str:
         """The domain in words, e.g. ``integer in [1, 3]`` or ``float in [0.1, 0.9], step 0.05``."""
         if self.choices:
-            return "one of " + ", ".join(_format_value(value) for value in self.choices)
+            return "one of " + ", ".join(format_value(value) for value in self.choices)
         kind = "integer" if self.spec.value_type is int else "float"
         text = f"{kind} in [{self.low!r}, {self.high!r}]"
         if self.step != DEFAULT_STEPS[int] or self.spec.value_type is not int:
@@ -442,7 +126,7 @@ class SpaceEntry:
         for knob, domain in self.knobs:
             if not domain.contains(args[knob]):
                 return (
-                    f"{self.name}.{knob}={_format_value(args[knob])} is outside the space; allowed: {domain.describe()}"
+                    f"{self.name}.{knob}={format_value(args[knob])} is outside the space; allowed: {domain.describe()}"
                 )
         return None
 
@@ -606,7 +290,7 @@ def _knob_domain(spec: KnobSpec, raw: Any, where: str) -> KnobDomain:
         steps = (high - low) / step
         if not math.isclose(steps, round(steps), rel_tol=0, abs_tol=1e-9):
             raise DaqSearchError(
-                f"{where}: high - low = {_format_value(round(high - low, STEP_DIGITS))} is not a whole number of steps of {step!r}; "
+                f"{where}: high - low = {format_value(round(high - low, STEP_DIGITS))} is not a whole number of steps of {step!r}; "
                 "allowed: high = low + k * step"
             )
         if low == high:

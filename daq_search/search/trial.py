@@ -1,0 +1,188 @@
+"""One search trial (:func:`run_trial`, the function Tune runs in its workers) and the replay of a candidate the
+searcher proposed again (:func:`replay_trial`), with the trial config keys they read and the sampler that sets them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from ray import tune
+
+from ..candidates import parse_candidate
+from ..checkpoints import load_state
+from ..config import JobSpec
+from ..data import DataBundle, DataSpec, load_data
+from ..errors import DaqSearchError
+from ..kd import check_precision, loader_workers
+from ..logs import show_progress
+from ..spaces import SearchSpace
+from ..teacher import load_teacher
+from ..trial_training import TrialTraining
+from .plan import scoring_subset, teacher_metrics
+
+TRIAL_STATE_FILE = "trial.pt"
+
+CANDIDATE_KEY = "candidate_id"
+"""The trial config key holding the sampled candidate's id."""
+
+REPEAT_KEY = "repeats_candidate"
+"""The trial config key that is True when the searcher proposed a candidate it had proposed before (see
+:func:`replay_trial`)."""
+
+RUN_DIR_KEY = "run_dir"
+"""The trial config key holding ``RUN_DIR`` (where a repeat trial reads the first trial's recorded epochs)."""
+
+REPLAY_FILE = "replay.json"
+"""What a repeat trial's checkpoint holds: the last replayed epoch."""
+
+REPLAY_POLL_S = 1.0
+
+
+@dataclass(frozen=True)
+class CandidateSampler:
+    """Optuna's define-by-run space for a search space: samples the parameters of one candidate (see
+    :meth:`SearchSpace.suggest`) and hands the trial the candidate's id as config key :data:`CANDIDATE_KEY`, so
+    trials need neither the searcher nor the space file. :data:`REPEAT_KEY` says whether an earlier trial of the
+    same study already has this candidate (numeric knobs are compared on the space's step grid)."""
+
+    space: SearchSpace
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        self.space.suggest(trial)
+        candidate = self.space.candidate_from_params(trial.params)
+        earlier = trial.study.get_trials(deepcopy=False)
+        repeat = any(
+            self.space.candidate_from_params(other.params) == candidate
+            for other in earlier
+            if other.number < trial.number and other.params
+        )
+        return {CANDIDATE_KEY: candidate.id, REPEAT_KEY: repeat}
+
+
+_DATA_CACHE: dict[DataSpec, DataBundle] = {}
+
+
+def cached_data(spec: DataSpec) -> DataBundle:
+    """``load_data(spec)``, loaded once per worker process (Tune reuses trial actors)."""
+    if spec not in _DATA_CACHE:
+        _DATA_CACHE[spec] = load_data(spec)
+    return _DATA_CACHE[spec]
+
+
+def run_trial(config: dict) -> None:
+    """One search trial. ``config``: ``job`` (the JobSpec as a dict), ``teacher_checkpoint`` (path of the teacher
+    trained before the search) and ``candidate_id`` (the augmentation to train with), next to the searcher's
+    parameters.
+
+    Distils the quantized student for ``trial.epochs`` epochs; after each it reports ``epoch``, ``candidate`` and
+    every metric of :data:`daq_search.results.REPORTED_METRICS` with a checkpoint, and a restored trial continues
+    after its last checkpointed epoch. Raises ``FloatingPointError`` when the training loss stops being finite. A
+    trial whose config marks a repeated candidate (:data:`REPEAT_KEY`) reports the first trial's recorded epochs
+    instead of training (:func:`replay_trial`).
+    """
+    logging.getLogger("ray").setLevel(logging.WARNING)
+    show_progress()
+    job = JobSpec.model_validate(config["job"])
+    if config.get(REPEAT_KEY) and config.get(RUN_DIR_KEY) and replay_trial(config[CANDIDATE_KEY], config[RUN_DIR_KEY]):
+        return
+    workers = loader_workers(job.resources.cpus_per_trial, job.resources.loader_workers)
+    torch.set_num_threads(max(1, int(job.resources.cpus_per_trial) - workers))
+    use_gpu = job.resources.gpus_per_trial > 0 and torch.cuda.is_available()
+    device = torch.device("cuda" if use_gpu else "cpu")
+    check_precision(job.trial.precision, device, "trial.precision")
+    candidate = parse_candidate(config[CANDIDATE_KEY])
+    bundle = cached_data(job.data.spec())
+    teacher = load_teacher(config["teacher_checkpoint"], job.teacher, bundle)
+    subset = scoring_subset(bundle, job.scorer.subset, job.data.seed)
+    training = TrialTraining(
+        teacher=teacher,
+        bundle=bundle,
+        candidate=candidate,
+        student=job.student,
+        quant=job.quant,
+        kd=job.kd,
+        recipe=job.trial,
+        scorer=job.scorer,
+        scoring_set=subset,
+        student_seed=job.teacher.seed,
+        seed=job.searcher.seed,
+        score_seed=job.data.seed,
+        device=device,
+        workers=workers,
+    )
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            state = load_state(Path(folder) / TRIAL_STATE_FILE, f"checkpoint of trial {candidate.id}")
+        training.load_state_dict(state)
+        start, teacher_stats = state["epoch"] + 1, state["teacher"]
+    else:
+        start, teacher_stats = 1, teacher_metrics(teacher, subset, candidate, bundle, job, device)
+
+    for epoch in range(start, job.trial.epochs + 1):
+        stats = training.train_epoch(epoch)
+        read = training.read_metrics()
+        metrics = {
+            "epoch": epoch,
+            "candidate": candidate.id,
+            **{name: read[name] for name in ("score", "score_ce", "cmi", "align", "sample_ce")},
+            **teacher_stats,
+            "val_acc": read["val_acc"],
+            "val_loss": read["val_loss"],
+            "train_loss": stats["train_loss"],
+            "images_per_s": stats["images_per_s"],
+        }
+        state = {**training.state_dict(), "epoch": epoch, "teacher": teacher_stats}
+        with tempfile.TemporaryDirectory(prefix="daq-trial-") as folder:
+            torch.save(state, Path(folder) / TRIAL_STATE_FILE)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def _first_trial_of(candidate_id: str, run_dir: Path, own_id: str) -> dict | None:
+    """The row of the earliest-started other trial of ``candidate_id`` in ``RUN_DIR/trials.parquet``, or None."""
+    from ..results import read_trials
+
+    try:
+        trials = read_trials(run_dir)
+    except DaqSearchError:
+        return None
+    same = trials[(trials["candidate"] == candidate_id) & (trials["trial_id"] != own_id)]
+    return None if same.empty else same.sort_values("started_at", kind="stable").iloc[0].to_dict()
+
+
+def replay_trial(candidate_id: str, run_dir: str | Path) -> bool:
+    """Answer a repeated candidate without training: wait until the first trial of ``candidate_id`` in ``run_dir``
+    has ended, then report its recorded per-epoch metrics, epoch by epoch, each with a small checkpoint (so ASHA
+    and Optuna see the same numbers, and a restored repeat continues after its last replayed epoch). Returns False,
+    reporting nothing, when there is no first trial to replay or it failed (the repeat then trains)."""
+    from ..results import read_epochs
+
+    run_dir, own_id = Path(run_dir), tune.get_context().get_trial_id()
+    first = _first_trial_of(candidate_id, run_dir, own_id)
+    while first is not None and first["status"] == "running":
+        time.sleep(REPLAY_POLL_S)
+        first = _first_trial_of(candidate_id, run_dir, own_id)
+    if first is None or first["status"] == "failed":
+        return False
+    start = 1
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            start = json.loads((Path(folder) / REPLAY_FILE).read_text())["epoch"] + 1
+    epochs = read_epochs(run_dir)
+    rows = epochs[epochs["trial_id"] == first["trial_id"]].sort_values("epoch")
+    for row in rows[rows["epoch"] >= start].to_dict("records"):
+        metrics = {key: value for key, value in row.items() if key != "trial_id"}
+        metrics["epoch"] = int(metrics["epoch"])
+        with tempfile.TemporaryDirectory(prefix="daq-replay-") as folder:
+            (Path(folder) / REPLAY_FILE).write_text(json.dumps({"epoch": metrics["epoch"], "of": first["trial_id"]}))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+    return True
