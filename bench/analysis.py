@@ -9,9 +9,10 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 import pandas as pd
 
-from daq_search.augment import SearchSpace, parse_candidate
 from daq_search.calibrate import Rule, choose_rule, default_anchors
+from daq_search.candidates import parse_candidate
 from daq_search.metric import METRIC_MODES
+from daq_search.spaces import SearchSpace
 
 from .regimes import BUDGETS, CURVE_BUDGETS, Regime
 from .runs import READ_FIELDS, Job

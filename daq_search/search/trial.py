@@ -43,6 +43,9 @@ REPLAY_FILE = "replay.json"
 """What a repeat trial's checkpoint holds: the last replayed epoch."""
 
 REPLAY_POLL_S = 1.0
+REPLAY_APPEAR_S = 120.0
+"""How long a repeat waits for the row of the trial it repeats to appear (the driver writes it when that trial starts,
+which can be after the repeat's worker has started) before it trains instead."""
 
 
 @dataclass(frozen=True)
@@ -160,13 +163,17 @@ def _first_trial_of(candidate_id: str, run_dir: Path, own_id: str) -> dict | Non
 
 def replay_trial(candidate_id: str, run_dir: str | Path) -> bool:
     """Answer a repeated candidate without training: wait until the first trial of ``candidate_id`` in ``run_dir``
-    has ended, then report its recorded per-epoch metrics, epoch by epoch, each with a small checkpoint (so ASHA
+    has started (at most :data:`REPLAY_APPEAR_S`) and ended, then report its recorded per-epoch metrics, epoch by epoch, each with a small checkpoint (so ASHA
     and Optuna see the same numbers, and a restored repeat continues after its last replayed epoch). Returns False,
     reporting nothing, when there is no first trial to replay or it failed (the repeat then trains)."""
     from ..results import read_epochs
 
     run_dir, own_id = Path(run_dir), tune.get_context().get_trial_id()
     first = _first_trial_of(candidate_id, run_dir, own_id)
+    deadline = time.monotonic() + REPLAY_APPEAR_S
+    while first is None and time.monotonic() < deadline:
+        time.sleep(REPLAY_POLL_S)
+        first = _first_trial_of(candidate_id, run_dir, own_id)
     while first is not None and first["status"] == "running":
         time.sleep(REPLAY_POLL_S)
         first = _first_trial_of(candidate_id, run_dir, own_id)
