@@ -107,7 +107,7 @@ def test_shipped_jobs_are_valid(name):
     assert job.name == name and job.candidate is None
     if name == "demo":
         assert (
-            (job.data.name, job.data.image_size) == ("scenes", 16)
+            (job.data.name, job.data.image_size) == ("scenes", 32)
             and job.max_concurrent_trials == 2
             and job.resources.cpus_per_trial == 1
         )
