@@ -353,7 +353,7 @@ def local_head_with_jobs_api(tmp_path):
         shutil.rmtree(head_temp(port), ignore_errors=True)
 
 
-def wait_for_job_agent(address: str, timeout: float = 120) -> None:
+def wait_for_job_agent(address: str, timeout: float = 300) -> None:
     """Block until the head accepts a job: its dashboard answers before the agent that runs jobs has registered
     ("No available agent to submit job"), so a trivial job is submitted until one is taken."""
     from ray.job_submission import JobSubmissionClient
