@@ -266,7 +266,7 @@ CALIBRATION_OBJECTIVES = tuple(name for name in METRIC_MODES if name in READ_FIE
 
 @dataclass(frozen=True)
 class Calibrated:
-    """The calibrated search on one regime, replayed on the seed-0 runs: the anchors (``default_anchors`` of the
+    """The calibrated search on one regime, replayed on the first seed's runs: the anchors (``default_anchors`` of the
     regime's candidates, the ground truth unseen), their final validation accuracy (fraction), the chosen objective
     and budget (epochs and fraction of the full epochs; the package's fallback when the anchors cannot choose), the
     chosen rule's Kendall agreement with the anchors, how its value is read (``best epoch`` of a run that recorded
@@ -312,7 +312,7 @@ def run_value(run: dict, objective: str) -> tuple[float, float, str]:
 
 
 def calibrated_search(regime: Regime, results: dict) -> Calibrated | None:
-    """The calibrated search replayed on the seed-0 runs (None while any is missing), as daq_search/calibrate.py
+    """The calibrated search replayed on the first seed's runs (None while any is missing), as daq_search/calibrate.py
     runs it: the anchors' final accuracy is their full run's validation accuracy after the last epoch; each rule
     (objective in :data:`CALIBRATION_OBJECTIVES` x budget in BUDGETS, each budget a run with its own schedule) is
     read on every anchor with :func:`run_value`; ``choose_rule`` picks the rule (default: the shipped search,
@@ -445,6 +445,13 @@ def regime_summary(regime: Regime, results: dict) -> dict:
         "candidates": list(regime.candidates),
         "teacher": teacher,
         "wall_estimate": wall_estimate(regime, results),
+        "devices": sorted(
+            {
+                result.get("device", "not recorded")
+                for key, result in results.items()
+                if key.startswith(f"{regime.name}|") and "|student|" in key
+            }
+        ),
     }
     top1 = ground_truth(regime, results)
     if top1 is None:

@@ -1,13 +1,14 @@
 """``trial_loop_ratio``: the search's trial loop run by Ray Tune against the same loop in plain PyTorch.
 
 Both run the same job (digits, the tiny CNN, a fixed candidate), the same number of loader workers and torch
-threads, and per epoch the same work: one KD epoch of the quantized student, validation, the DA score on the scoring
-subset and a checkpoint of the training state. The Tune side is :func:`daq_search.search.run_trial` itself in a
-one-trial Tune run (epoch time = Tune's ``time_this_iter_s``); the plain side is that loop written out with
-``torch.save`` in place of ``tune.report``. The plain loop runs before and after the Tune trial, so a change
-of machine load weighs on both sides. Epoch 1 (which also computes the teacher-only scores) is left out of every
-run; the ratio is median plain epoch seconds / median Tune epoch seconds (1.0: Tune adds nothing, >= 0.95 the
-target).
+threads, and per epoch the same work: the package's :class:`~daq_search.trial_training.TrialTraining` epoch (one
+KD epoch of the quantized student), its metrics (validation and the DA score on the scoring subset) and a checkpoint
+of the training state. The Tune side is :func:`daq_search.search.run_trial` itself in a one-trial Tune run (epoch
+time = the interval between its results' arrivals at the driver); the plain side drives the same ``TrialTraining`` with ``torch.save`` in place of
+``tune.report``. The two alternate, plain first and last (``ROUNDS`` Tune runs in one Ray session), so a drift of
+machine load weighs on both sides. Epoch 1 (which also computes the teacher-only scores) is left out of every run.
+Each Tune run is compared with the plain runs on either side of it (median epoch seconds); ``trial_loop_ratio`` is
+the median of those ratios (1.0: Tune adds nothing; >= 0.95 the target).
 """
 
 from __future__ import annotations
@@ -25,15 +26,15 @@ import torch
 from daq_search.candidates import parse_candidate
 from daq_search.config import JobSpec
 from daq_search.data import load_data
-from daq_search.kd import eval_loader, evaluate, loader_workers, make_optimizer, make_scheduler, run_epoch, train_loader
-from daq_search.metric import score_candidate
+from daq_search.kd import loader_workers
 from daq_search.search import CANDIDATE_KEY, run_trial, scoring_subset, teacher_metrics
-from daq_search.student import build_student
+from daq_search.search.trial import cached_data, job_training
 from daq_search.teacher import get_teacher, load_teacher
-from daq_search.transforms import build_batch_mix
 
 EPOCHS = 6
 QUICK_EPOCHS = 3
+ROUNDS = 7
+QUICK_ROUNDS = 1
 CANDIDATE = "trivialaugment"
 CACHE_FILE = "loop_ratio.json"
 
@@ -54,48 +55,31 @@ def loop_job(epochs: int = EPOCHS, loader_workers: int | None = None) -> JobSpec
 
 
 def plain_loop(job: JobSpec, teacher_path: Path, candidate_id: str) -> list[float]:
-    """Seconds of each epoch of the trial loop in plain PyTorch (the same steps as ``run_trial``)."""
+    """Seconds of each epoch of the trial loop in plain PyTorch: ``run_trial``'s steps without Tune."""
     workers = loader_workers(job.resources.cpus_per_trial, job.resources.loader_workers)
     torch.set_num_threads(max(1, int(job.resources.cpus_per_trial) - workers))
     candidate = parse_candidate(candidate_id)
-    bundle = load_data(job.data.spec())
+    bundle = cached_data(job.data.spec())
     teacher = load_teacher(teacher_path, job.teacher, bundle)
     subset = scoring_subset(bundle, job.scorer.subset, job.data.seed)
-    student = build_student(job.student, job.quant, bundle, teacher, seed=job.teacher.seed)
-    seed = job.searcher.seed
-    loader = train_loader(bundle.train, candidate, bundle, job.trial.batch_size, seed, workers=workers)
-    optimizer = make_optimizer(student.parameters(), job.trial)
-    scheduler = make_scheduler(optimizer, job.trial, len(loader))
-    mix = build_batch_mix(candidate, bundle.num_classes)
-    val = eval_loader(bundle.val, bundle)
+    training = job_training(job, teacher, bundle, candidate, subset, "cpu", workers)
     seconds = []
     with tempfile.TemporaryDirectory(prefix="daq-plain-") as folder:
         for epoch in range(1, job.trial.epochs + 1):
             start = time.perf_counter()
             if epoch == 1:
                 teacher_metrics(teacher, subset, candidate, bundle, job)
-            torch.manual_seed(seed * 1_000_003 + epoch)
-            loader.sampler.set_epoch(epoch)
-            run_epoch(student, loader, optimizer, mix=mix, teacher=teacher, kd=job.kd, scheduler=scheduler)
-            evaluate(student, val)
-            score_candidate(
-                student,
-                subset,
-                candidate,
-                bundle=bundle,
-                lam=job.scorer.lam,
-                temperature=job.scorer.temperature,
-                batch_size=job.scorer.batch_size,
-                seed=job.data.seed,
-            )
-            state = {"model": student.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}
-            torch.save(state, Path(folder) / "trial.pt")
+            training.train_epoch(epoch)
+            training.read_metrics()
+            torch.save({**training.state_dict(), "epoch": epoch}, Path(folder) / "trial.pt")
             seconds.append(time.perf_counter() - start)
     return seconds
 
 
 def tune_loop(job: JobSpec, teacher_path: Path, candidate_id: str, storage: Path) -> list[float]:
-    """Seconds of each epoch (Tune's ``time_this_iter_s``) of ``run_trial`` in a one-trial Tune run."""
+    """Seconds of each epoch of ``run_trial`` in a one-trial Tune run, as the driver sees them: the time between
+    the arrivals of consecutive epochs' results (so the report's round trip counts); epoch 1 is Tune's
+    ``time_this_iter_s``."""
     from ray import tune
 
     from daq_search.runtime import ray_session
@@ -105,9 +89,13 @@ def tune_loop(job: JobSpec, teacher_path: Path, candidate_id: str, storage: Path
     class EpochTimes(tune.Callback):
         def __init__(self):
             self.seconds: dict[int, float] = {}
+            self.last_arrival: float | None = None
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            self.seconds[int(result["epoch"])] = float(result["time_this_iter_s"])
+            now = time.perf_counter()
+            first = self.last_arrival is None
+            self.seconds[int(result["epoch"])] = result["time_this_iter_s"] if first else now - self.last_arrival
+            self.last_arrival = now
 
     times = EpochTimes()
     resources = {"cpu": job.resources.cpus_per_trial}
@@ -130,22 +118,37 @@ def tune_loop(job: JobSpec, teacher_path: Path, candidate_id: str, storage: Path
     return [times.seconds[epoch] for epoch in sorted(times.seconds)]
 
 
-def measure(work_dir: Path, epochs: int = EPOCHS, log=print) -> dict:
-    """Run both loops once (plain first) and return ``trial_loop_ratio`` with the epoch times behind it."""
+def round_ratios(plain: list[list[float]], tuned: list[list[float]]) -> list[float]:
+    """Per Tune run ``i``: the median epoch seconds of plain runs ``i`` and ``i + 1`` (pooled) over the Tune run's
+    median, epoch 1 of every run left out; ``plain`` has one run more than ``tuned``."""
+    return [
+        statistics.median(before[1:] + after[1:]) / statistics.median(trial[1:])
+        for before, trial, after in zip(plain, tuned, plain[1:])
+    ]
+
+
+def measure(work_dir: Path, epochs: int = EPOCHS, rounds: int = ROUNDS, log=print) -> dict:
+    """Alternate the plain loop and the Tune trial (plain, Tune, plain, ... plain: ``rounds`` Tune runs) and
+    return ``trial_loop_ratio`` with the epoch times behind it."""
+    from daq_search.runtime import ray_session
+
     job = loop_job(epochs)
     bundle = load_data(job.data.spec())
     _, teacher_path = get_teacher(job.data, job.teacher, bundle, work_dir / "teachers")
     workers = loader_workers(job.resources.cpus_per_trial, job.resources.loader_workers)
-    log(f"loop ratio: plain PyTorch loop, {epochs} epochs, {workers} loader workers")
-    before = plain_loop(job, teacher_path, CANDIDATE)
-    log("loop ratio: the same loop as a Ray Tune trial")
-    tuned = tune_loop(job, teacher_path, CANDIDATE, work_dir / "tune")
-    log("loop ratio: the plain loop again (load drift affects both sides alike)")
-    after = plain_loop(job, teacher_path, CANDIDATE)
-    plain_s, tune_s = statistics.median(before[1:] + after[1:]), statistics.median(tuned[1:])
+    log(
+        f"loop ratio: {rounds} Tune trials between {rounds + 1} plain PyTorch loops, {epochs} epochs, {workers} loader workers"
+    )
+    plain, tuned = [plain_loop(job, teacher_path, CANDIDATE)], []
+    with ray_session(num_cpus=max(1, int(job.resources.cpus_per_trial))):
+        for _ in range(rounds):
+            tuned.append(tune_loop(job, teacher_path, CANDIDATE, work_dir / "tune"))
+            plain.append(plain_loop(job, teacher_path, CANDIDATE))
+    ratios = round_ratios(plain, tuned)
     return {
-        "trial_loop_ratio": plain_s / tune_s,
-        "plain_epoch_s": before + after,
+        "trial_loop_ratio": statistics.median(ratios),
+        "round_ratios": ratios,
+        "plain_epoch_s": plain,
         "tune_epoch_s": tuned,
         "loader_workers": workers,
         "torch_threads": max(1, int(job.resources.cpus_per_trial) - workers),
@@ -161,7 +164,8 @@ def record(results_json: Path, work_dir: Path, log=print, quick: bool = False) -
     cache = work_dir / CACHE_FILE
     if not cache.is_file():
         tmp = cache.with_name(f".{CACHE_FILE}.tmp")
-        tmp.write_text(json.dumps(measure(work_dir, QUICK_EPOCHS if quick else EPOCHS, log=log), indent=1))
+        measured = measure(work_dir, *((QUICK_EPOCHS, QUICK_ROUNDS) if quick else (EPOCHS, ROUNDS)), log=log)
+        tmp.write_text(json.dumps(measured, indent=1))
         os.replace(tmp, cache)
     loop = json.loads(cache.read_text())
     results = json.loads(results_json.read_text()) if results_json.is_file() else {}

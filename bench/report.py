@@ -123,7 +123,7 @@ def rules_table(rules: list[dict]) -> list[str]:
         "interval resamples seeds of the ground truth (for the 1-seed sweep: the range over left-out seeds). Costs "
         "are CPU seconds over one full sweep's CPU seconds (teacher rules: one thread on CPU; trainings and replayed "
         "searches: the worker's CPU seconds on the run's device); the teacher's own training, shared by every rule, "
-        "is not counted. Searches marked (replayed) replay the recorded per-epoch curves of the seed-0 runs through "
+        "is not counted. Searches marked (replayed) replay the recorded per-epoch curves of the first seed's runs through "
         "the scheduler's rules (bench/schedulers.py), not real Ray searches.",
         "",
     ]
@@ -133,7 +133,7 @@ def rules_table(rules: list[dict]) -> list[str]:
 
 
 CALIBRATED_NOTE = (
-    "The calibrated search replays daq_search/calibrate.py on the seed-0 runs: 3 anchors (the package's default "
+    "The calibrated search replays daq_search/calibrate.py on the first seed's runs: 3 anchors (the package's default "
     "rule: mildest, middle and strongest of the candidates by its strength order, chosen without the ground truth) "
     "with their full run's final validation accuracy; every student objective (score, score_ce, cmi, align, "
     "sample_ce, val_acc, val_loss) after 10, 25 and 50 % of the epochs (each run its own schedule; the value is the "

@@ -189,19 +189,23 @@ def summary_lines(summaries: list[dict], table: dict, quick: bool, meta: dict) -
     lines = [
         "# daq-search benchmark: summary" + (" (QUICK SMOKE RUN: numbers are not claims)" if quick else ""),
         "",
-        f"Device {meta['device']}, {meta['jobs']} worker processes, this invocation {meta['wall_seconds'] / 60:.1f} "
+        f"This invocation: device {meta['device']}, {meta['jobs']} worker processes, {meta['wall_seconds'] / 60:.1f} "
         f"min{' (stopped early by --budget-s: unfinished regimes are marked)' if meta['cut_short'] else ''}. "
-        "Raw tables: results.md; every number: results.json; plots: scatter-*.png and cost-regret.png.",
+        "Cached runs are reused, so a regime's runs may come from an earlier invocation: 'ran on' says where its "
+        "students trained. Raw tables: results.md; every number: results.json; plots: scatter-*.png and "
+        "cost-regret.png.",
         "",
-        "| regime | seeds done | gate (split-half rho) | verdict | best strong vs none (pp) | est. wall, 2 idle cores |",
-        "|---|---|---|---|---|---|",
+        "| regime | ran on | seeds done | gate (split-half rho) | verdict | best strong vs none (pp) "
+        "| est. wall, 2 idle cores |",
+        "|---|---|---|---|---|---|---|",
     ]
     for s in summaries:
         estimate = s.get("wall_estimate")
         wall = f"{estimate['wall_seconds_2_cores'] / 60:.0f} min" if estimate else "n/a"
+        ran_on = ", ".join(s.get("devices", [])) or "-"
         if not s.get("complete"):
             done = len(s.get("completed_seeds", []))
-            lines.append(f"| {s['regime']} | {done} of {len(s['seeds'])} | - | incomplete | - | {wall} |")
+            lines.append(f"| {s['regime']} | {ran_on} | {done} of {len(s['seeds'])} | - | incomplete | - | {wall} |")
             continue
         gate, strong = s["gate"], s["strong_vs_none"]
         margin = (
@@ -214,13 +218,14 @@ def summary_lines(summaries: list[dict], table: dict, quick: bool, meta: dict) -
         )
         verdict = "passes" if gate["passes"] else "fails (seed noise)"
         lines.append(
-            f"| {s['regime']} | {len(s['seeds'])} of {len(s['seeds'])} | {gate['split_half_rho']:+.2f} | {verdict} | "
+            f"| {s['regime']} | {ran_on} | {len(s['seeds'])} of {len(s['seeds'])} | {gate['split_half_rho']:+.2f} "
+            f"| {verdict} | "
             f"{margin} | {wall} |"
         )
     lines += ["", "## Every rule across the passing regimes", ""]
     lines += cross_regime_lines(table)
     lines += [
-        "Searches marked (replayed) are not real Ray searches: the seed-0 runs at 25 % and 100 % of the full epochs "
+        "Searches marked (replayed) are not real Ray searches: the first seed's runs at 25 % and 100 % of the full epochs "
         "record every metric after every epoch, and bench/schedulers.py replays TPE (Optuna's own sampler) with "
         "Ray Tune's ASHA rule, or Hyperband, over those curves one trial at a time; the search as shipped is TPE + "
         "ASHA grace 1 on `score_ce` with a 25 % trial budget. Student rules at 10/25/50 % read a student trained "

@@ -57,7 +57,7 @@ class Job:
         return self.regime.budget_epochs(self.fraction)
 
     def records_curve(self) -> bool:
-        """Whether this student job reads every metric after every epoch (seed-0 runs at a curve budget)."""
+        """Whether this student job reads every metric after every epoch (the first seed's runs at a curve budget)."""
         curve_epochs = {self.regime.budget_epochs(f) for f in CURVE_BUDGETS}
         return self.seed == self.regime.curve_seed() and self.epochs() in curve_epochs
 
@@ -278,9 +278,14 @@ RUNNERS = {
 }
 
 
+def device_name(device: str) -> str:
+    """``device`` as a result records it: ``cpu``, or ``cuda`` with the card's name."""
+    return f"cuda ({torch.cuda.get_device_name()})" if torch.device(device).type == "cuda" else "cpu"
+
+
 def execute(job: Job, work_dir: str, device: str = "cpu") -> tuple[str, dict]:
     """Run ``job`` in this process (one torch thread; student and teacher training on ``device``) and return (its
-    cache key, its result)."""
+    cache key, its result, with the ``device`` it trained on)."""
     torch.set_num_threads(1)
     run_device = device if job.kind in ("teacher", "student") else "cpu"
-    return job.key(), RUNNERS[job.kind](job, Path(work_dir), run_device)
+    return job.key(), {**RUNNERS[job.kind](job, Path(work_dir), run_device), "device": device_name(run_device)}

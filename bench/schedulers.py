@@ -1,4 +1,4 @@
-"""Search rules replayed on recorded curves: every candidate's seed-0 run read after every epoch stands for the
+"""Search rules replayed on recorded curves: every candidate's first-seed run read after every epoch stands for the
 trial a search would run for it, so a scheduler's decisions can be replayed exactly, without Ray, for any grace
 period or bracket. Replays are sequential (one trial at a time; the shipped search runs two concurrently, which
 changes which results ASHA has seen when it decides).

@@ -25,9 +25,12 @@ RAY_QUIET_ENV = {
     "RAY_AIR_NEW_OUTPUT": "0",
     "PYTHONWARNINGS": "ignore::DeprecationWarning",
     "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "300",
+    "RAY_worker_niceness": "0",
 }
-"""Environment set before Ray starts (inherited by its workers): no usage stats, no extra loggers or noise, and a
-worker-group start timeout long enough for a busy 2-core machine (Ray's default is 60 s)."""
+"""Environment set before Ray starts (inherited by its workers): no usage stats, no extra loggers or noise, a
+worker-group start timeout long enough for a busy 2-core machine (Ray's default is 60 s), and workers at normal
+CPU priority (Ray starts them at nice 15, so any other busy process on the machine starves the trials; Ray Jobs
+does the same for its drivers)."""
 
 
 TEMP_DIR_MODE = 0o700

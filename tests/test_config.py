@@ -115,6 +115,7 @@ def test_shipped_jobs_are_valid(name):
     else:
         assert job.storage.startswith("/mnt/shared/") and job.resources.gpus_per_trial > 0 and job.final.use_gpu
         assert len(job.searcher.points_to_evaluate) == 16 and job.quant.first_last_bits is None
+        assert job.data.download == name.startswith("cifar")  # torchvision's data sets fetch themselves
 
 
 def test_cluster_config_mounts_the_shared_storage_of_the_cluster_jobs():

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from bench import loop_ratio
 
 
@@ -17,10 +19,9 @@ def test_record_merges_the_cached_measurement_into_results(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [loop_ratio.CACHE_FILE, "results.json"]
 
 
-def test_the_ratio_is_plain_over_tune_median_epoch_time_without_epoch_1_of_either_plain_run(monkeypatch, tmp_path):
-    monkeypatch.setattr(loop_ratio, "get_teacher", lambda *a, **k: (None, tmp_path / "t.pt"))
-    plain_runs = iter([[9.0, 1.0, 2.0, 1.5], [8.0, 1.2, 1.4, 3.0]])
-    monkeypatch.setattr(loop_ratio, "plain_loop", lambda *a: next(plain_runs))
-    monkeypatch.setattr(loop_ratio, "tune_loop", lambda *a: [20.0, 2.0, 1.6, 1.8])
-    result = loop_ratio.measure(tmp_path, epochs=4, log=lambda _: None)
-    assert result["trial_loop_ratio"] == 1.45 / 1.8
+def test_each_tune_run_is_compared_with_the_plain_runs_on_either_side_without_epoch_1():
+    plain = [[9.0, 1.0, 2.0, 1.5], [8.0, 1.2, 1.4, 3.0], [7.0, 1.0, 1.0, 1.0]]
+    tuned = [[20.0, 2.0, 1.6, 1.8], [30.0, 1.0, 1.1, 0.9]]
+    # run 1: median(1.0, 2.0, 1.5, 1.2, 1.4, 3.0) = 1.45 over median(2.0, 1.6, 1.8) = 1.8
+    # run 2: median(1.2, 1.4, 3.0, 1.0, 1.0, 1.0) = 1.1 over median(1.0, 1.1, 0.9) = 1.0
+    assert loop_ratio.round_ratios(plain, tuned) == pytest.approx([1.45 / 1.8, 1.1 / 1.0])

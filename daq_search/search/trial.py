@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from ray import tune
 
-from ..candidates import parse_candidate
+from ..candidates import Candidate, parse_candidate
 from ..checkpoints import load_state
 from ..config import JobSpec
 from ..data import DataBundle, DataSpec, load_data
@@ -79,6 +79,35 @@ def cached_data(spec: DataSpec) -> DataBundle:
     return _DATA_CACHE[spec]
 
 
+def job_training(
+    job: JobSpec,
+    teacher: torch.nn.Module,
+    bundle: DataBundle,
+    candidate: Candidate,
+    scoring_set: Any,
+    device: Any,
+    workers: int,
+) -> TrialTraining:
+    """The training of one search trial of ``job`` under ``candidate``: the job's student, quantizer, KD loss,
+    trial recipe and scorer, the DA score read on ``scoring_set``, with the job's seeds."""
+    return TrialTraining(
+        teacher=teacher,
+        bundle=bundle,
+        candidate=candidate,
+        student=job.student,
+        quant=job.quant,
+        kd=job.kd,
+        recipe=job.trial,
+        scorer=job.scorer,
+        scoring_set=scoring_set,
+        student_seed=job.teacher.seed,
+        seed=job.searcher.seed,
+        score_seed=job.data.seed,
+        device=device,
+        workers=workers,
+    )
+
+
 def run_trial(config: dict) -> None:
     """One search trial. ``config``: ``job`` (the JobSpec as a dict), ``teacher_checkpoint`` (path of the teacher
     trained before the search) and ``candidate_id`` (the augmentation to train with), next to the searcher's
@@ -104,22 +133,7 @@ def run_trial(config: dict) -> None:
     bundle = cached_data(job.data.spec())
     teacher = load_teacher(config["teacher_checkpoint"], job.teacher, bundle)
     subset = scoring_subset(bundle, job.scorer.subset, job.data.seed)
-    training = TrialTraining(
-        teacher=teacher,
-        bundle=bundle,
-        candidate=candidate,
-        student=job.student,
-        quant=job.quant,
-        kd=job.kd,
-        recipe=job.trial,
-        scorer=job.scorer,
-        scoring_set=subset,
-        student_seed=job.teacher.seed,
-        seed=job.searcher.seed,
-        score_seed=job.data.seed,
-        device=device,
-        workers=workers,
-    )
+    training = job_training(job, teacher, bundle, candidate, subset, device, workers)
 
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
