@@ -25,8 +25,7 @@ import torch
 
 from daq_search.candidates import parse_candidate
 from daq_search.config import JobSpec
-from daq_search.data import load_data
-from daq_search.kd import loader_workers
+from daq_search.kd import loader_workers, training_threads
 from daq_search.search import CANDIDATE_KEY, run_trial, scoring_subset, teacher_metrics
 from daq_search.search.trial import cached_data, job_training
 from daq_search.teacher import get_teacher, load_teacher
@@ -57,7 +56,7 @@ def loop_job(epochs: int = EPOCHS, loader_workers: int | None = None) -> JobSpec
 def plain_loop(job: JobSpec, teacher_path: Path, candidate_id: str) -> list[float]:
     """Seconds of each epoch of the trial loop in plain PyTorch: ``run_trial``'s steps without Tune."""
     workers = loader_workers(job.resources.cpus_per_trial, job.resources.loader_workers)
-    torch.set_num_threads(max(1, int(job.resources.cpus_per_trial) - workers))
+    torch.set_num_threads(training_threads(job.resources.cpus_per_trial, workers))
     candidate = parse_candidate(candidate_id)
     bundle = cached_data(job.data.spec())
     teacher = load_teacher(teacher_path, job.teacher, bundle)
@@ -133,7 +132,7 @@ def measure(work_dir: Path, epochs: int = EPOCHS, rounds: int = ROUNDS, log=prin
     from daq_search.runtime import ray_session
 
     job = loop_job(epochs)
-    bundle = load_data(job.data.spec())
+    bundle = cached_data(job.data.spec())
     _, teacher_path = get_teacher(job.data, job.teacher, bundle, work_dir / "teachers")
     workers = loader_workers(job.resources.cpus_per_trial, job.resources.loader_workers)
     log(
@@ -151,7 +150,7 @@ def measure(work_dir: Path, epochs: int = EPOCHS, rounds: int = ROUNDS, log=prin
         "plain_epoch_s": plain,
         "tune_epoch_s": tuned,
         "loader_workers": workers,
-        "torch_threads": max(1, int(job.resources.cpus_per_trial) - workers),
+        "torch_threads": training_threads(job.resources.cpus_per_trial, workers),
         "candidate": CANDIDATE,
         "train_images": len(bundle.train),
     }

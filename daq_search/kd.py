@@ -82,6 +82,12 @@ def loader_workers(cpus: float, override: int | None = None) -> int:
     return override if override is not None else max(0, int(cpus) - 1)
 
 
+def training_threads(cpus: float, workers: int) -> int:
+    """Torch threads of a training process reserving ``cpus`` CPUs beside ``workers`` loader processes: the CPUs
+    the loaders leave, at least 1."""
+    return max(1, int(cpus) - workers)
+
+
 def item_seed(seed: int, epoch: int, index: int) -> int:
     """The augmentation seed of image ``index`` in ``epoch`` of a loader seeded with ``seed``."""
     return ((seed * 1_000_003 + epoch) * 1_000_000_007 + index) % (2**63)

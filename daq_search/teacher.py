@@ -19,7 +19,17 @@ from .checkpoints import load_state, save_checkpoint
 from .config import DataConfig, TeacherConfig
 from .data import DataBundle, load_data
 from .errors import DaqSearchError
-from .kd import check_precision, eval_loader, evaluate, make_optimizer, make_scheduler, place, run_epoch, train_loader
+from .kd import (
+    check_precision,
+    eval_loader,
+    evaluate,
+    make_optimizer,
+    make_scheduler,
+    place,
+    run_epoch,
+    train_loader,
+    training_threads,
+)
 from .logs import show_progress
 from .models import create_for, model_arch
 from .transforms import build_batch_mix
@@ -155,7 +165,7 @@ def _train_teacher_task(
     """Inside a Ray worker: load the data, train and cache the teacher on the GPU Ray gave it (``use_gpu``) or its
     CPUs; returns the checkpoint path."""
     show_progress()
-    torch.set_num_threads(max(1, int(cpus) - workers))
+    torch.set_num_threads(training_threads(cpus, workers))
     device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
     bundle = load_data(data.spec())
     _, path = get_teacher(data, teacher, bundle, cache_dir, device=device, workers=workers)

@@ -57,6 +57,7 @@ from .kd import (
     place,
     run_epoch,
     train_loader,
+    training_threads,
 )
 from .logs import show_progress
 from .models import create_model
@@ -416,7 +417,7 @@ def train_fn_per_worker(config: dict) -> dict:
     recipe = job.final.recipe.model_copy(update={"epochs": epochs})
     check_precision(recipe.precision, device, "final.recipe.precision")
     workers = loader_workers(job.final.cpus_per_worker, job.resources.loader_workers)
-    torch.set_num_threads(max(1, int(job.final.cpus_per_worker) - workers))
+    torch.set_num_threads(training_threads(job.final.cpus_per_worker, workers))
 
     bundle = load_data(job.data.spec())
     teacher = load_teacher(job.teacher.checkpoint, job.teacher, bundle)

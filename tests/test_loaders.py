@@ -96,3 +96,8 @@ def test_teacher_key_ignores_download_and_keeps_fp32_keys_but_not_bf16():
     )
     bf16 = teacher.model_copy(update={"recipe": RecipeConfig(epochs=30, precision="bf16")})
     assert teacher_cache.teacher_key(data, bf16) != teacher_cache.teacher_key(data, teacher)
+
+
+@pytest.mark.parametrize(("cpus", "workers", "expected"), [(4, 1, 3), (4, 3, 1), (1, 0, 1), (2, 5, 1), (2.5, 0, 2)])
+def test_training_threads_are_the_cpus_the_loaders_leave_at_least_one(cpus, workers, expected):
+    assert kd.training_threads(cpus, workers) == expected

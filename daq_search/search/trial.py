@@ -20,7 +20,7 @@ from ..checkpoints import load_state
 from ..config import JobSpec
 from ..data import DataBundle, DataSpec, load_data
 from ..errors import DaqSearchError
-from ..kd import check_precision, loader_workers
+from ..kd import check_precision, loader_workers, training_threads
 from ..logs import show_progress
 from ..spaces import SearchSpace
 from ..teacher import load_teacher
@@ -125,7 +125,7 @@ def run_trial(config: dict) -> None:
     if config.get(REPEAT_KEY) and config.get(RUN_DIR_KEY) and replay_trial(config[CANDIDATE_KEY], config[RUN_DIR_KEY]):
         return
     workers = loader_workers(job.resources.cpus_per_trial, job.resources.loader_workers)
-    torch.set_num_threads(max(1, int(job.resources.cpus_per_trial) - workers))
+    torch.set_num_threads(training_threads(job.resources.cpus_per_trial, workers))
     use_gpu = job.resources.gpus_per_trial > 0 and torch.cuda.is_available()
     device = torch.device("cuda" if use_gpu else "cpu")
     check_precision(job.trial.precision, device, "trial.precision")
