@@ -68,6 +68,33 @@ PLANTED_CANDIDATES = (
 )
 """Candidates of the planted control: geometric policies that cover a rotation, and ones that do not."""
 
+PLANTED_AFFINE_CANDIDATES = (
+    "none",
+    "random_affine(degrees=10,scale=0.0,translate=0.0)",
+    "random_affine(degrees=20,scale=0.0,translate=0.0)",
+    "random_affine(degrees=30,scale=0.0,translate=0.0)",
+    "randaugment(magnitude=9,num_ops=2)",
+    "none+cutmix(alpha=1.0)",
+)
+"""Candidates of the planted control with a pure rotation ladder: rotations of up to 10, 20 and 30 degrees (the
+nuisance's range), beside `none` and two candidates that do not cover it (RandAugment rotates in 1 of its 14 ops,
+by at most 9 degrees at magnitude 9)."""
+
+LADDER_CANDIDATES = (
+    "none",
+    "random_erasing(p=0.5)",
+    "none+mixup(alpha=0.2)",
+    "random_affine(degrees=15,scale=0.1,translate=0.1)",
+    "randaugment(magnitude=9,num_ops=2)",
+    "randaugment(magnitude=9,num_ops=2)+cutmix(alpha=1.0)",
+    "trivialaugment+cutmix(alpha=1.0)",
+    "randaugment(magnitude=20,num_ops=4)",
+)
+"""A ladder from no augmentation to deliberately over-strong ones, fixed before any of its seeds ran: the patient
+pilot's candidates sat within 0.6 pp of each other, too close for four seeds to rank them (the gate needs spread);
+here mild (erasing, MixUp, a small affine), the pilot's best (RandAugment(2, 9)), that with CutMix (function
+matching's mixing of every view), TrivialAugment with CutMix, and RandAugment at 4 ops of magnitude 20."""
+
 BUDGETS = (0.1, 0.25, 0.5)
 """Fractions of the full epochs at which the student-scored rules read a student trained with its own schedule."""
 
@@ -255,6 +282,38 @@ def _animals_planted() -> Regime:
     )
 
 
+def _animals_planted_affine() -> Regime:
+    return replace(
+        _animals_planted(),
+        name="animals16-planted-affine-40ep",
+        description="planted control with a rotation ladder: the rotation planted control (validation and test "
+        "images rotated by up to +-30 degrees and shifted by up to 2 px) with pure random rotations of up to 10, 20 "
+        "and 30 degrees among the candidates",
+        candidates=PLANTED_AFFINE_CANDIDATES,
+    )
+
+
+def _scenes_ladder(per_class: int) -> Regime:
+    return replace(
+        _kd_regime(
+            f"scenes32-{per_class}pc-ladder-320ep",
+            f"longer patient function matching with a candidate ladder: scenes 32x32, student on {per_class} "
+            "images/class initialised from a teacher trained on 600 images/class, 320 epochs (batch 50), fresh "
+            "seeds 8-11, candidates from none to over-strong",
+            data="scenes",
+            image_size=32,
+            per_class=per_class,
+            epochs=320,
+            candidates=LADDER_CANDIDATES,
+            init="teacher",
+            teacher_epochs=40,
+            teacher_per_class=600,
+            batch_size=50,
+        ),
+        seeds=(8, 9, 10, 11),
+    )
+
+
 def _quick_digits() -> Regime:
     return Regime(
         name="quick-digits",
@@ -278,6 +337,9 @@ REGIMES: dict[str, tuple[str, Callable[[], Regime]]] = {
     "animals16-planted-rotation-40ep": ("animals", _animals_planted),
     "scenes32-30pc-init-teacher-160ep": ("scenes", _scenes_patient),
     "scenes32-30pc-families-160ep": ("scenes", _scenes_patient_families),
+    "animals16-planted-affine-40ep": ("animals", _animals_planted_affine),
+    "scenes32-30pc-ladder-320ep": ("scenes", lambda: _scenes_ladder(30)),
+    "scenes32-10pc-ladder-320ep": ("scenes", lambda: _scenes_ladder(10)),
     "quick-digits": ("digits", _quick_digits),
 }
 """Every regime by name: (the data set it needs, its builder)."""
@@ -326,5 +388,11 @@ SHORT_NAMES = {
     "none+mixup(alpha=0.2)": "mixup",
     "trivialaugment+cutmix(alpha=1.0)": "ta+cutmix",
     "randaugment(magnitude=9,num_ops=2)+mixup(alpha=0.2)": "ra(2,9)+mixup",
+    "randaugment(magnitude=9,num_ops=2)+cutmix(alpha=1.0)": "ra(2,9)+cutmix",
+    "randaugment(magnitude=20,num_ops=4)": "ra(4,20)",
+    "random_affine(degrees=10,scale=0.0,translate=0.0)": "rot10",
+    "random_affine(degrees=20,scale=0.0,translate=0.0)": "rot20",
+    "random_affine(degrees=30,scale=0.0,translate=0.0)": "rot30",
+    "random_affine(degrees=15,scale=0.1,translate=0.1)": "affine15",
 }
 """Column-friendly names of the candidates in tables and plots."""

@@ -8,7 +8,7 @@ searches on the recorded per-epoch curves; then judge every rule against the gro
 the passing regimes. Work runs in ``--jobs`` processes of one torch thread each (sharing the GPU with
 ``--device cuda``); every finished job is cached in ``<work>/results.json`` so a re-run resumes; ``--budget-s``
 stops starting jobs when time runs out. Writes ``results.json``, ``summary.md``, ``results.md`` and PNG plots to
-``--out`` whatever the gate says.
+``--out`` whatever the gate says (``--no-report`` only fills the cache, for a sweep reported elsewhere).
 """
 
 from __future__ import annotations
@@ -51,6 +51,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--grace-s", type=float, default=60.0, help="with --budget-s: then wait this long for running jobs"
     )
     parser.add_argument("--report-only", action="store_true", help="write the outputs from the cache, run nothing")
+    parser.add_argument(
+        "--no-report",
+        action="store_true",
+        help="run the jobs into the cache and write no outputs (a sweep reported later with --report-only)",
+    )
     return parser.parse_args(argv)
 
 
@@ -274,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
         if pool is not None:
             pool.terminate() if not finished else pool.close()
             pool.join()
+    if args.no_report:
+        log(f"--no-report: {len(results)} results cached in {cache}")
+        return 0 if finished else 1
     summaries = [regime_summary(regime, results) for regime in regimes]
     meta = {
         "device": args.device,

@@ -64,8 +64,17 @@ REUSE_DIR = "reuse"
 FULL = "full"
 """The variant name of an anchor's full run; a budget run's is ``budget<epochs>``."""
 
-POLICY_STRENGTH = ("none", "random_erasing", "augmix", "autoaugment", "randaugment", "trivialaugment")
-"""Image policies from mild to strong (the default anchors' order): random erasing blanks one patch; AugMix blends
+POLICY_STRENGTH = (
+    "none",
+    "random_erasing",
+    "random_affine",
+    "augmix",
+    "autoaugment",
+    "randaugment",
+    "trivialaugment",
+)
+"""Image policies from mild to strong (the default anchors' order): random erasing blanks one patch; random affine
+moves the whole image without touching its colours; AugMix blends
 augmented chains back into the original image; AutoAugment applies two tuned operations; RandAugment N operations
 at one fixed magnitude; TrivialAugment one operation at a uniformly random magnitude up to the maximum."""
 MIX_STRENGTH = (None, "mixup", "cutmix")

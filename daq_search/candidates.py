@@ -82,6 +82,11 @@ POLICIES: dict[str, dict[str, KnobSpec]] = {
     "trivialaugment": {},
     "augmix": {"severity": KnobSpec(int, 3, 1, 10)},
     "random_erasing": {"p": KnobSpec(float, 0.5, 0.0, 1.0)},
+    "random_affine": {
+        "degrees": KnobSpec(int, 15, 0, 180),
+        "translate": KnobSpec(float, 0.1, 0.0, 0.5),
+        "scale": KnobSpec(float, 0.1, 0.0, 0.5),
+    },
 }
 """Image-level policies: name -> knob name -> spec."""
 

@@ -1,5 +1,6 @@
 """The transforms a candidate builds: the image-level training transform with its policy, the evaluation transform,
-the batch mix (CutMix / MixUp), and TrivialAugment Wide with its translation scaled to the image side.
+the batch mix (CutMix / MixUp), TrivialAugment Wide with its translation scaled to the image side, and the purely
+geometric random affine policy.
 """
 
 from __future__ import annotations
@@ -54,7 +55,20 @@ def _policy_transform(candidate: Candidate) -> v2.Transform | None:
         return ScaledTrivialAugmentWide()
     if candidate.policy == "augmix":
         return v2.AugMix(severity=args["severity"])
+    if candidate.policy == "random_affine":
+        return random_affine(args["degrees"], args["translate"], args["scale"])
     return None
+
+
+def random_affine(degrees: int, translate: float, scale: float) -> v2.RandomAffine:
+    """A purely geometric policy: rotation by a uniform angle in [-degrees, degrees], a shift by up to ``translate``
+    x the side on each axis, and zoom by a factor in [1 - scale, 1 + scale] (bilinear, black fill)."""
+    return v2.RandomAffine(
+        degrees=degrees,
+        translate=(translate, translate) if translate > 0 else None,
+        scale=(1.0 - scale, 1.0 + scale) if scale > 0 else None,
+        interpolation=v2.InterpolationMode.BILINEAR,
+    )
 
 
 def build_train_transform(candidate: Candidate, bundle: Any) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -1,5 +1,6 @@
 """Candidates (ids, parsing), the transforms they build, batch mixes, and YAML search spaces."""
 
+import math
 import random
 import types
 from pathlib import Path
@@ -14,7 +15,7 @@ from daq_search.spaces import load_search_space
 from daq_search.transforms import build_batch_mix, build_eval_transform, build_train_transform
 
 SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
-POLICY_LIST = "none, autoaugment, randaugment, trivialaugment, augmix, random_erasing"
+POLICY_LIST = "none, autoaugment, randaugment, trivialaugment, augmix, random_erasing, random_affine"
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -244,6 +245,8 @@ POLICY_CANDIDATES = [
     Candidate("augmix", {"severity": 10}),
     Candidate("random_erasing"),
     Candidate("random_erasing", {"p": 1.0}),
+    Candidate("random_affine"),
+    Candidate("random_affine", {"degrees": 180, "translate": 0.5, "scale": 0.5}),
 ]
 
 
@@ -286,6 +289,67 @@ def test_random_erasing_blanks_a_rectangle_after_scaling():
     rows, cols = erased[0].any(dim=1).nonzero().flatten(), erased[0].any(dim=0).nonzero().flatten()
     box = erased[0, rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     assert bool(box.all()) and int(erased[0].sum()) == box.numel()
+
+
+def bright_pixel_offsets(candidate: Candidate, draws: int) -> list[tuple[int, int]]:
+    """Where a single bright pixel at (8, 8) of a dark 16x16 image lands under ``candidate`` (no crop padding, no
+    flip), as (row, column) offsets of the brightest output pixel."""
+    bundle = make_bundle(1, 16, padding=0, hflip=False)
+    transform = build_train_transform(candidate, bundle)
+    image = torch.zeros(1, 16, 16, dtype=torch.uint8)
+    image[0, 8, 8] = 255
+    offsets = []
+    for _ in range(draws):
+        index = int(transform(image)[0].argmax())
+        offsets.append((index // 16 - 8, index % 16 - 8))
+    return offsets
+
+
+def test_random_affine_id_and_defaults():
+    assert Candidate("random_affine").id == "random_affine(degrees=15,scale=0.1,translate=0.1)"
+    assert parse_candidate("random_affine(degrees=30,translate=0,scale=0)").policy_args == (
+        ("degrees", 30),
+        ("scale", 0.0),
+        ("translate", 0.0),
+    )
+
+
+def test_random_affine_shifts_by_at_most_its_fraction_of_the_side():
+    torch.manual_seed(2)
+    offsets = bright_pixel_offsets(Candidate("random_affine", {"degrees": 0, "translate": 0.25, "scale": 0.0}), 60)
+    assert all(abs(dy) <= 4 and abs(dx) <= 4 for dy, dx in offsets)  # 0.25 x 16 px
+    assert any(abs(dy) >= 3 for dy, _ in offsets) and any(abs(dx) >= 3 for _, dx in offsets)
+
+
+def test_random_affine_with_every_knob_at_zero_is_the_identity():
+    torch.manual_seed(4)
+    bundle = make_bundle(3, 16, padding=0, hflip=False)
+    image = torch.randint(0, 256, (3, 16, 16), dtype=torch.uint8)
+    transform = build_train_transform(
+        Candidate("random_affine", {"degrees": 0, "translate": 0.0, "scale": 0.0}), bundle
+    )
+    assert torch.equal(transform(image), build_eval_transform(bundle)(image))
+
+
+def test_random_affine_rotates_about_the_centre_by_at_most_its_degrees():
+    torch.manual_seed(6)
+    bundle = make_bundle(1, 16, padding=0, hflip=False)
+    image = torch.zeros(1, 16, 16, dtype=torch.uint8)
+    image[0, 2, 7:9] = 255  # a bar 6 px above the centre (7.5, 7.5), 2 px wide
+    transform = build_train_transform(
+        Candidate("random_affine", {"degrees": 90, "translate": 0.0, "scale": 0.0}), bundle
+    )
+    angles = []
+    for _ in range(40):
+        out = transform(image)[0]
+        rows, cols = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+        weight = out - out.min()
+        row = float((weight * rows).sum() / weight.sum()) - 7.5
+        col = float((weight * cols).sum() / weight.sum()) - 7.5
+        assert 5.0 <= math.hypot(row, col) <= 6.5  # the bar stays 6 px from the centre
+        angles.append(math.degrees(math.atan2(col, -row)))
+    assert all(abs(angle) <= 90 + 6 for angle in angles)  # 6 degrees of slack for the bar's 2 px width
+    assert max(angles) > 45 and min(angles) < -45
 
 
 # ---------------------------------------------------------------- batch mixes
@@ -342,6 +406,7 @@ PAPER_POLICIES = [
     Candidate("augmix"),
     Candidate("random_erasing"),
 ]
+DEFAULT_POLICIES = [*PAPER_POLICIES, Candidate("random_affine")]
 
 
 def with_mix(candidate: Candidate, mix: str | None) -> Candidate:
@@ -383,6 +448,9 @@ SEARCHED = {
     "randaugment.magnitude": (1, 15),
     "augmix.severity": (1, 5),
     "random_erasing.p": (0.1, 0.9),
+    "random_affine.degrees": (0, 45),
+    "random_affine.translate": (0.0, 0.25),
+    "random_affine.scale": (0.0, 0.25),
     "cutmix.alpha": (0.2, 2.0),
     "mixup.alpha": (0.1, 1.0),
 }
@@ -393,8 +461,8 @@ def test_default_space_grid():
     assert space.name == "default"
     candidates = space.candidates()
     mixes = [None, "cutmix", "mixup"]
-    assert set(candidates) == {with_mix(c, mix) for c in PAPER_POLICIES for mix in mixes}
-    assert len(candidates) == 24
+    assert set(candidates) == {with_mix(c, mix) for c in DEFAULT_POLICIES for mix in mixes}
+    assert len(candidates) == 27
 
 
 def test_default_space_suggests_only_the_chosen_knobs_inside_their_ranges():
