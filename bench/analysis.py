@@ -12,6 +12,7 @@ import pandas as pd
 from daq_search.calibrate import Rule, choose_rule, default_anchors
 from daq_search.candidates import parse_candidate
 from daq_search.metric import METRIC_MODES
+from daq_search.selection import DEFAULT_OBJECTIVE, DEFAULT_TRIAL_FRACTION
 from daq_search.spaces import SearchSpace
 
 from .regimes import BUDGETS, CURVE_BUDGETS, Regime
@@ -39,8 +40,9 @@ STUDENT_RULES = (
 SEARCH_OBJECTIVES = ("score_ce", "val_acc")
 """Objectives the replayed searches optimise."""
 
-SHIPPED_SEARCH_BUDGET = 0.25
-"""The trial budget (fraction of the full epochs) of the search as shipped (TPE + ASHA grace 1)."""
+FORMER_SEARCH_BUDGET = 0.25
+"""The trial budget (fraction of the full epochs) of the former default search (TPE + ASHA grace 1 on
+``score_ce``), kept as a reference; the package's default rule is :mod:`daq_search.selection`'s."""
 
 DEFAULT_COST_LIMIT = 0.3
 """A recommended default may cost at most this share of one full sweep in every passing regime."""
@@ -159,7 +161,8 @@ def curves(regime: Regime, results: dict, fraction: float) -> dict[str, list[dic
 
 def replays(regime: Regime, results: dict) -> list[tuple[str, str, Replay]]:
     """Every replayed search (name, objective, outcome) whose curves are in ``results``: TPE + ASHA with grace 1
-    (the search as shipped) and with grace max_t/4, and Hyperband (eta 3), at each curve budget and objective."""
+    (the former default) and with grace max_t/4 (named as that fraction, so it is one rule across regimes of
+    different lengths), and Hyperband (eta 3), at each curve budget and objective."""
     found = []
     for fraction in CURVE_BUDGETS:
         recorded = curves(regime, results, fraction)
@@ -169,7 +172,7 @@ def replays(regime: Regime, results: dict) -> list[tuple[str, str, Replay]]:
         label = f"trial = {budget_label(fraction)}"
         for objective in SEARCH_OBJECTIVES:
             mode = METRIC_MODES[objective]
-            shipped = " (as shipped)" if fraction == SHIPPED_SEARCH_BUDGET and objective == "score_ce" else ""
+            shipped = " (former default)" if fraction == FORMER_SEARCH_BUDGET and objective == "score_ce" else ""
             found.append(
                 (
                     f"search TPE+ASHA grace 1, {label}, {objective}{shipped}",
@@ -180,7 +183,7 @@ def replays(regime: Regime, results: dict) -> list[tuple[str, str, Replay]]:
             grace = max(2, max_t // 4)
             found.append(
                 (
-                    f"search TPE+ASHA grace {grace}, {label}, {objective}",
+                    f"search TPE+ASHA grace 1/4 of the trial, {label}, {objective}",
                     objective,
                     replay_tpe_asha(recorded, regime.candidates, objective, mode, grace=grace),
                 )
@@ -338,7 +341,7 @@ def calibrated_search(regime: Regime, results: dict) -> Calibrated | None:
         for epochs in sorted(fractions)
     ]  # fmt: skip
     table = pd.DataFrame(rows, columns=["anchor", "objective", "budget", "value", "final_acc"])
-    default = Rule("score_ce", regime.budget_epochs(SHIPPED_SEARCH_BUDGET))
+    default = Rule(DEFAULT_OBJECTIVE, regime.budget_epochs(DEFAULT_TRIAL_FRACTION))
     choice, _ = choose_rule(table, default)
     picked = [run_value(runs[c, choice.budget], choice.objective) for c in candidates]
     anchor_seconds = sum(full[a]["seconds"] + full[a]["read"]["read_seconds"] for a in anchors) + sum(

@@ -58,7 +58,7 @@ def plain_loop(job: JobSpec, teacher_path: Path, candidate_id: str) -> list[floa
     workers = loader_workers(job.resources.cpus_per_trial, job.resources.loader_workers)
     torch.set_num_threads(training_threads(job.resources.cpus_per_trial, workers))
     candidate = parse_candidate(candidate_id)
-    bundle = cached_data(job.data.spec())
+    bundle = cached_data(job)
     teacher = load_teacher(teacher_path, job.teacher, bundle)
     subset = scoring_subset(bundle, job.scorer.subset, job.data.seed)
     training = job_training(job, teacher, bundle, candidate, subset, "cpu", workers)
@@ -132,7 +132,7 @@ def measure(work_dir: Path, epochs: int = EPOCHS, rounds: int = ROUNDS, log=prin
     from daq_search.runtime import ray_session
 
     job = loop_job(epochs)
-    bundle = cached_data(job.data.spec())
+    bundle = cached_data(job)
     _, teacher_path = get_teacher(job.data, job.teacher, bundle, work_dir / "teachers")
     workers = loader_workers(job.resources.cpus_per_trial, job.resources.loader_workers)
     log(

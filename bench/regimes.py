@@ -136,6 +136,7 @@ class Regime:
             name: getattr(self, name).model_dump()
             for name in ("data", "teacher", "student", "quant", "kd", "recipe", "scorer")
         }
+        del fields["teacher"]["train_per_class"]  # a regime's teacher split is teacher_data
         if self.teacher_data is not None:
             fields["teacher_data"] = self.teacher_data.model_dump()
         if self.planted is not None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from daq_search.candidates import parse_candidate
-from daq_search.data import DataBundle, load_data
+from daq_search.data import DataBundle, load_data, load_student_data
 from daq_search.kd import eval_loader, evaluate
 from daq_search.metric import score_candidate
 from daq_search.search import scoring_subset, teacher_metrics
@@ -80,15 +80,12 @@ def _teacher_bundle(regime: Regime) -> DataBundle:
 
 
 def _bundle(regime: Regime) -> DataBundle:
-    """The student's data, loaded once per worker process; with ``teacher_data`` its normalisation is the teacher
-    split's, so both models see identical inputs; with ``planted`` its validation and test images carry the
-    nuisance."""
+    """The student's data as a job with the same teacher split loads it (:func:`load_student_data`: with
+    ``teacher_data``, that split's normalisation and test set), loaded once per worker process; with ``planted`` its
+    validation and test images carry the nuisance."""
     key = (regime.key(), "student")
     if key not in _BUNDLES:
-        bundle = load_data(regime.data.spec())
-        if regime.teacher_data is not None:
-            teacher_bundle = _teacher_bundle(regime)
-            bundle = dataclasses.replace(bundle, mean=teacher_bundle.mean, std=teacher_bundle.std)
+        bundle = load_student_data(regime.data.spec(), (regime.teacher_data or regime.data).spec())
         if regime.planted is not None:
             bundle = dataclasses.replace(
                 bundle,
@@ -100,9 +97,9 @@ def _bundle(regime: Regime) -> DataBundle:
 
 
 def test_set(regime: Regime):
-    """The images every test accuracy of the regime is measured on: the teacher split's test set when the teacher
-    has its own split (it holds no image either model trained on), else the student's (nuisance included)."""
-    return (_teacher_bundle(regime) if regime.teacher_data is not None else _bundle(regime)).test
+    """The images every test accuracy of the regime is measured on: the student's test set (the teacher split's when
+    the teacher has its own, nuisance included when planted)."""
+    return _bundle(regime).test
 
 
 def _teacher(regime: Regime, work_dir: Path) -> torch.nn.Module:

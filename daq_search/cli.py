@@ -26,12 +26,14 @@ class _Interrupted(Exception):
 
 
 def _search(args: argparse.Namespace) -> int:
-    from .results import TRIALS_FILE
+    from .results import TRIALS_FILE, best_trial
     from .runtime import check_address
     from .search import plan_search, run_search, top_table
+    from .selection import describe_rule
 
     plan = plan_search(args.job, storage=args.storage, name=args.name)
     check_address(args.address)
+    print(describe_rule(plan.job), flush=True)
     interrupted = f"interrupted; rows so far are in {plan.run_dir / TRIALS_FILE}; continue with --resume"
     try:
         outcome = run_search(plan, address=args.address, resume=args.resume)
@@ -45,6 +47,11 @@ def _search(args: argparse.Namespace) -> int:
     job = plan.job
     print(f"\ntop trials by {job.objective} ({job.mode}; most epochs first, then best epoch):")
     print(top_table(outcome.trials, job.objective, job.mode), end="")
+    best = best_trial(outcome.trials, job.objective, job.mode)
+    print(
+        f"chosen: {best['candidate']} ({job.objective} {best[f'{job.objective}_best']:.4g} after "
+        f"{best['epochs']} epochs, the best of {len(outcome.trials)} trials by the selection rule above)"
+    )
     print(f"winner: {outcome.winner_file}")
     print(f"train it with: daq-search train {outcome.winner_file}")
     return 0

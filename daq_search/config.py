@@ -24,12 +24,13 @@ from pydantic import (
 )
 
 from .candidates import Candidate, parse_candidate
-from .data import DATASETS, DataSpec
+from .data import DATASETS, DataBundle, DataSpec, load_student_data
 from .errors import DaqSearchError
 from .files import check_run_name, clip, read_yaml
 from .metric import METRIC_MODES
 from .models import list_models
 from .quant import QUANT_METHODS
+from .selection import DEFAULT_EARLY_STOPPING, DEFAULT_OBJECTIVE, default_trial_epochs
 from .spaces import SearchSpace, load_search_space
 
 MAX_EPOCHS = 10_000
@@ -111,7 +112,13 @@ CandidateId = Annotated[str, AfterValidator(_valid_candidate)]
 
 
 class TeacherConfig(_Strict):
-    """The full-precision teacher: a checkpoint to load, or how to train it (once, then cached)."""
+    """The full-precision teacher: a checkpoint to load, or how to train it (once, then cached).
+
+    ``train_per_class`` is the split of the job's data set the teacher is (or was) trained on when it is larger than
+    the student's: that many images per class, drawn with the same ``data.seed``, so the student's training images
+    are among the teacher's (a teacher that knows more than the student's data, as in patient distillation). The
+    student then uses that split's normalisation and its test set, which holds no image either model trained on.
+    """
 
     model: ModelName = "resnet8"
     width: float = Field(1.0, gt=0)
@@ -119,6 +126,7 @@ class TeacherConfig(_Strict):
     augment: CandidateId = "none"
     recipe: RecipeConfig = RecipeConfig(epochs=30)
     seed: StrictInt = 0
+    train_per_class: StrictInt | None = Field(None, ge=1)
 
 
 class StudentConfig(_Strict):
@@ -171,9 +179,10 @@ class SearcherConfig(_Strict):
 
 
 class SchedulerConfig(_Strict):
-    """ASHA early stopping on the objective (``enabled: false`` runs every trial to its budget)."""
+    """ASHA early stopping on the objective; off by default (every trial runs its budget to the end, see
+    :mod:`daq_search.selection`)."""
 
-    enabled: bool = True
+    enabled: bool = DEFAULT_EARLY_STOPPING
     grace_period: StrictInt = Field(1, ge=1)
     reduction_factor: float = Field(2.0, gt=1)
 
@@ -275,13 +284,13 @@ class JobSpec(_Strict):
     kd: KDConfig = KDConfig()
     search_space: str = "search_spaces/default.yaml"
     scorer: ScorerConfig = ScorerConfig()
-    trial: RecipeConfig = RecipeConfig(epochs=6)
+    trial: RecipeConfig = RecipeConfig()
     searcher: SearcherConfig = SearcherConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     resources: ResourcesConfig = ResourcesConfig()
     max_concurrent_trials: StrictInt = Field(2, ge=1)
     max_failures: StrictInt = Field(0, ge=0)
-    objective: str = "score_ce"
+    objective: str = DEFAULT_OBJECTIVE
     storage: str = "runs"
     final: FinalConfig = FinalConfig()
     candidate: CandidateId | None = None
@@ -292,6 +301,19 @@ class JobSpec(_Strict):
     @classmethod
     def _known_objective(cls, objective: str) -> str:
         return _one_of(objective, METRIC_MODES, "metric")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_trial_is_a_share_of_the_final(cls, data: Any) -> Any:
+        """Without a ``trial`` section, a trial is the final recipe at :func:`default_trial_epochs` of its epochs
+        (each trial then runs a complete schedule of its own)."""
+        if not isinstance(data, dict) or "trial" in data:
+            return data
+        try:
+            recipe = FinalConfig.model_validate(data.get("final", {})).recipe
+        except ValidationError:
+            return data  # the final section's own error is reported
+        return {**data, "trial": recipe.model_copy(update={"epochs": default_trial_epochs(recipe.epochs)}).model_dump()}
 
     @model_validator(mode="after")
     def _student_matches_teacher(self) -> JobSpec:
@@ -304,6 +326,26 @@ class JobSpec(_Strict):
                 f"({self.teacher.model}, width {self.teacher.width}); use init: scratch for a different student"
             )
         return self
+
+    @model_validator(mode="after")
+    def _teacher_split_holds_the_students(self) -> JobSpec:
+        wanted = self.teacher.train_per_class
+        if wanted is not None and (self.data.train_per_class is None or wanted < self.data.train_per_class):
+            raise ValueError(
+                f"teacher.train_per_class: {wanted} must be at least data.train_per_class "
+                f"({self.data.train_per_class}: all images when unset); allowed: a larger split, or leave it out"
+            )
+        return self
+
+    def teacher_data(self) -> DataConfig:
+        """The split the teacher trains on: ``data`` with ``teacher.train_per_class`` images per class when set."""
+        if self.teacher.train_per_class is None:
+            return self.data
+        return self.data.model_copy(update={"train_per_class": self.teacher.train_per_class})
+
+    def load_data(self) -> DataBundle:
+        """The student's data (:func:`daq_search.data.load_student_data` of ``data`` and :meth:`teacher_data`)."""
+        return load_student_data(self.data.spec(), self.teacher_data().spec())
 
     @property
     def mode(self) -> str:

@@ -21,6 +21,7 @@ pool. With ``train_per_class`` set, training-pool images left unselected join th
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import gzip
 import importlib.util
 import math
@@ -202,6 +203,21 @@ def load_data(spec: DataSpec) -> DataBundle:
         hflip=spec.name != "digits",
         crop_padding=max(1, image_size // 8),
     )
+
+
+def load_student_data(spec: DataSpec, teacher_spec: DataSpec) -> DataBundle:
+    """The student's data when its teacher trains on ``teacher_spec``: ``load_data(spec)`` when both are the same
+    split; else, with the teacher on a larger split of the same data set, the student's train and val images with
+    the teacher split's normalisation (both models see identical inputs) and test set (no image either trained on).
+    A teacher split the data set cannot hold is reported as ``teacher.train_per_class``."""
+    student = load_data(spec)
+    if teacher_spec == spec:
+        return student
+    try:
+        teacher = load_data(teacher_spec)
+    except DaqSearchError as err:
+        raise DaqSearchError(str(err).replace("data.train_per_class", "teacher.train_per_class")) from None
+    return dataclasses.replace(student, test=teacher.test, mean=teacher.mean, std=teacher.std)
 
 
 def stratified_indices(

@@ -38,8 +38,12 @@ logger = logging.getLogger(__name__)
 
 
 def teacher_key(data: DataConfig, teacher: TeacherConfig) -> str:
-    """A short hash of everything that determines a trained teacher (data set, split, architecture, recipe, seed)."""
-    recipe = {"data": data.model_dump(exclude={"download"}), "teacher": teacher.model_dump(exclude={"checkpoint"})}
+    """A short hash of everything that determines a trained teacher (data set, split, architecture, recipe, seed);
+    ``data`` is the split it trains on (:meth:`JobSpec.teacher_data`), so ``teacher.train_per_class`` is in it."""
+    recipe = {
+        "data": data.model_dump(exclude={"download"}),
+        "teacher": teacher.model_dump(exclude={"checkpoint", "train_per_class"}),
+    }
     if teacher.recipe.precision == "fp32":  # keys of fp32 teachers stay those of caches made before the field
         del recipe["teacher"]["recipe"]["precision"]
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]

@@ -44,7 +44,7 @@ from torch.utils.data.distributed import DistributedSampler
 from .candidates import parse_candidate
 from .checkpoints import load_state, save_checkpoint
 from .config import JobSpec, load_job
-from .data import DataBundle, load_data
+from .data import DataBundle
 from .errors import DaqSearchError
 from .files import RUN_NAME_ALLOWED, atomic_write, atomic_write_text, check_run_name
 from .kd import (
@@ -201,7 +201,7 @@ def run_final(
 def _check_in_driver(job: JobSpec, runs: list[tuple[str, str]], workers: int) -> None:
     """What each worker would refuse, checked here before Ray starts: the data loads, the teacher checkpoint loads
     into the teacher, and the batch leaves every worker a full batch under each run's candidate."""
-    bundle = load_data(job.data.spec())
+    bundle = job.load_data()
     load_teacher(job.teacher.checkpoint, job.teacher, bundle)
     for _, run_candidate in runs:
         _shard_loader(bundle, parse_candidate(run_candidate), job.final.recipe.batch_size, job.teacher.seed, 0, workers)
@@ -419,7 +419,7 @@ def train_fn_per_worker(config: dict) -> dict:
     workers = loader_workers(job.final.cpus_per_worker, job.resources.loader_workers)
     torch.set_num_threads(training_threads(job.final.cpus_per_worker, workers))
 
-    bundle = load_data(job.data.spec())
+    bundle = job.load_data()
     teacher = load_teacher(job.teacher.checkpoint, job.teacher, bundle)
     student = place(build_student(job.student, job.quant, bundle, teacher, seed), device)
     place(teacher, device)

@@ -268,7 +268,7 @@ def test_quick_benchmark_writes_its_outputs_whatever_the_gate_and_resumes_exactl
         pick = regime["candidates"][int(np.argmax(good))]
         assert rule["pick"] == pick
         assert rule["regret_pp"] == pytest.approx(100 * (truth.max() - truth[regime["candidates"].index(pick)]))
-    shipped = [r for r in regime["rules"] if "(as shipped)" in r["rule"]]
+    shipped = [r for r in regime["rules"] if "(former default)" in r["rule"]]
     assert len(shipped) == 1 and shipped[0]["pick"] in regime["candidates"]
     assert rules["1-seed full sweep (leave-one-out)"]["cost_fraction"] == 1.0
     assert regime["scoring_costs"]["max_abs_diff_one_vs_two_pass"] < 1e-9

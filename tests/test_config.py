@@ -9,6 +9,7 @@ import yaml
 from daq_search.cli import main
 from daq_search.config import load_job
 from daq_search.errors import DaqSearchError
+from daq_search.selection import is_default_rule
 
 SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
 
@@ -35,7 +36,9 @@ def write_job(tmp_path, **changes) -> Path:
 
 def test_the_base_job_is_valid(tmp_path):
     job = load_job(write_job(tmp_path))
-    assert job.student.model == "tiny_cnn" and job.mode == "min"
+    assert job.student.model == "tiny_cnn" and job.objective == "val_acc" and job.mode == "max"
+    assert not job.scheduler.enabled
+    assert job.trial == job.final.recipe.model_copy(update={"epochs": 3})  # 10 % of the final 30 epochs
 
 
 BAD_JOBS = [
@@ -47,6 +50,14 @@ BAD_JOBS = [
     ({"search_space": "nope.yaml"}, r"search_space: no such file .*nope\.yaml"),
     ({"student": {"model": "resnet8", "init": "teacher"}}, r"student\.init: 'teacher' needs the student to be"),
     ({"objective": "accuracy"}, r"objective: unknown metric 'accuracy'; allowed: score"),
+    (
+        {"teacher": {"model": "tiny_cnn", "train_per_class": 10}},
+        r"teacher\.train_per_class: 10 must be at least data\.train_per_class \(20",
+    ),
+    (
+        {"data": {"train_per_class": None}, "teacher": {"model": "tiny_cnn", "train_per_class": 30}},
+        r"teacher\.train_per_class: 30 must be at least data\.train_per_class \(None: all images when unset\)",
+    ),
 ]
 
 
@@ -57,6 +68,14 @@ def test_bad_job_is_one_line_naming_file_and_field(tmp_path, changes, message):
         load_job(path)
     text = str(err.value)
     assert text.startswith(str(path)) and "\n" not in text
+
+
+def test_teacher_split_is_the_data_with_the_teachers_images_per_class(tmp_path):
+    job = load_job(write_job(tmp_path, teacher={"model": "tiny_cnn", "train_per_class": 60}))
+    assert job.teacher_data() == job.data.model_copy(update={"train_per_class": 60})
+    assert job.teacher_data().train_per_class == 60 and job.data.train_per_class == 20
+    plain = load_job(write_job(tmp_path))
+    assert plain.teacher_data() is plain.data
 
 
 def test_not_yaml_and_missing_file(tmp_path):
@@ -105,13 +124,14 @@ JOBS = Path(__file__).resolve().parent.parent / "jobs"
 def test_shipped_jobs_are_valid(name):
     job = load_job(JOBS / f"{name}.yaml")
     assert job.name == name and job.candidate is None
+    assert is_default_rule(job)  # every shipped job selects with the benchmark's default rule
     if name == "demo":
         assert (
             (job.data.name, job.data.image_size) == ("scenes", 32)
             and job.max_concurrent_trials == 2
             and job.resources.cpus_per_trial == 1
         )
-        assert job.final.workers == 2 and job.scheduler.enabled
+        assert job.final.workers == 2 and job.teacher.train_per_class == 60 * job.data.train_per_class
     else:
         assert job.storage.startswith("/mnt/shared/") and job.resources.gpus_per_trial > 0 and job.final.use_gpu
         assert len(job.searcher.points_to_evaluate) == 16 and job.quant.first_last_bits is None

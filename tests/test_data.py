@@ -18,6 +18,7 @@ from daq_search.data import (
     TransformedDataset,
     _read_numpy_pickle,
     load_data,
+    load_student_data,
     stratified_indices,
 )
 from daq_search.errors import DaqSearchError
@@ -88,6 +89,26 @@ def test_digits_train_per_class_is_exact_and_enlarges_test():
     assert image_keys(full.test.images) <= image_keys(small.test.images)
     assert torch.equal(small.val.images, full.val.images)
     assert image_keys(small.train.images).isdisjoint(image_keys(small.test.images))
+
+
+def test_student_of_a_teacher_on_a_larger_split_takes_its_test_set_and_normalisation():
+    spec = DataSpec("digits", image_size=8, train_per_class=7)
+    teacher_spec = DataSpec("digits", image_size=8, train_per_class=40)
+    student, alone, teacher = load_student_data(spec, teacher_spec), load_data(spec), load_data(teacher_spec)
+    assert torch.equal(student.train.images, alone.train.images) and torch.equal(student.val.images, alone.val.images)
+    assert image_keys(student.train.images) <= image_keys(teacher.train.images)  # the teacher saw the student's
+    assert torch.equal(student.test.images, teacher.test.images)
+    assert image_keys(student.test.images).isdisjoint(image_keys(teacher.train.images))
+    assert len(student.test) == len(alone.test) - 10 * (40 - 7)
+    assert student.mean == teacher.mean and student.std == teacher.std and student.mean != alone.mean
+    same = load_student_data(spec, spec)
+    assert torch.equal(same.test.images, alone.test.images) and same.mean == alone.mean
+
+
+def test_teacher_split_larger_than_the_data_set_names_the_teacher_field():
+    spec = DataSpec("digits", image_size=8, train_per_class=7)
+    with pytest.raises(DaqSearchError, match=r"^teacher\.train_per_class: 500 is more than the smallest class has"):
+        load_student_data(spec, DataSpec("digits", image_size=8, train_per_class=500))
 
 
 def test_mean_std_are_those_of_the_train_split():

@@ -70,7 +70,7 @@ def write_job(folder: Path, **changes) -> Path:
         "scorer": {"subset": 60, "batch_size": 60},
         "trial": {"epochs": 2, "batch_size": 50},
         "searcher": {"num_samples": 3, "points_to_evaluate": [MILD, *HARSH]},
-        "scheduler": {"grace_period": 1, "reduction_factor": 2},
+        "scheduler": {"enabled": True, "grace_period": 1, "reduction_factor": 2},
         "max_concurrent_trials": 1,
         "objective": "teacher_sample_ce",
         "storage": str(folder / "runs"),
@@ -276,6 +276,24 @@ def test_teacher_only_ranking(tmp_path):
     by_ce = write_job(tmp_path, name="score", objective="teacher_sample_ce")
     ranked, _ = score_space(by_ce)
     assert ranked["sample_ce"].is_monotonic_increasing and sorted(ranked["candidate"]) == sorted([MILD, *HARSH])
+
+
+@pytest.mark.slow
+def test_teacher_on_a_larger_split_is_trained_on_it_and_cached_under_its_key(tmp_path):
+    from daq_search.data import load_data
+    from daq_search.teacher import teacher_cache_path
+
+    path = write_job(
+        tmp_path, name="bigger", teacher={"recipe": {"epochs": 2, "batch_size": 50}, "train_per_class": 60}
+    )
+    job = load_job(path)
+    score_space(path)
+    teachers = tmp_path / "runs" / "teachers"
+    assert sorted(teachers.iterdir()) == [teacher_cache_path(job.teacher_data(), job.teacher, teachers)]
+    assert not teacher_cache_path(job.data, job.teacher, teachers).exists()
+    plan = plan_search(path)
+    assert plan.bundle.mean == load_data(job.teacher_data().spec()).mean  # the teacher split's normalisation
+    assert len(plan.bundle.train) == 10 * 20
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ import torch
 
 from ..candidates import MIXES, POLICIES, Candidate
 from ..config import JobSpec, ScorerConfig, job_to_yaml, load_job
-from ..data import DataBundle, load_data, stratified_indices
+from ..data import DataBundle, stratified_indices
 from ..errors import DaqSearchError
 from ..files import atomic_write_text, check_run_name, check_writable_folder, clip, read_yaml
 from ..metric import score_candidate, teacher_t_stddev
@@ -61,7 +61,7 @@ def plan_search(job_path: str | Path, *, storage: str | None = None, name: str |
         job = job.model_copy(update={"name": check_run_name(name, "--name")})
     storage_path = _storage_path(storage or job.storage)
     space = job.load_search_space()
-    bundle = load_data(job.data.spec())
+    bundle = job.load_data()
     scoring_subset(bundle, job.scorer.subset, job.data.seed)
     return SearchPlan(job, space, bundle, storage_path, job.name)
 

@@ -28,7 +28,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from ..candidates import parse_candidate
-from ..config import job_to_yaml
+from ..config import JobSpec, job_to_yaml
 from ..errors import DaqSearchError
 from ..files import atomic_write_text
 from ..kd import loader_workers
@@ -156,6 +156,24 @@ def write_winner(plan: SearchPlan, trials: pd.DataFrame, teacher_path: Path) -> 
     return path
 
 
+def teacher_cpus(cpus_per_trial: float, max_concurrent_trials: int) -> float:
+    """CPUs the teacher's training task reserves (Ray must be up): it runs alone, before any trial, so those of all
+    concurrent trials, but no more than the largest live node has (a task larger than every node never starts)."""
+    import ray
+
+    largest = max(node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node["Alive"])
+    return max(cpus_per_trial, min(cpus_per_trial * max_concurrent_trials, largest))
+
+
+def teacher_loader_workers(cpus: float, job: JobSpec) -> int:
+    """Loader processes of the teacher's training: ``resources.loader_workers`` when set; else none for a teacher
+    without augmentation (its loader only crops and flips, so every CPU goes to torch threads), else the rule of
+    :func:`~daq_search.kd.loader_workers`."""
+    if job.resources.loader_workers is None and job.teacher.augment == "none":
+        return 0
+    return loader_workers(cpus, job.resources.loader_workers)
+
+
 def run_search(
     plan: SearchPlan,
     *,
@@ -167,8 +185,9 @@ def run_search(
     docstring.
 
     Without ``address`` an embedded loopback Ray runs on this machine; with it, the search runs on that cluster
-    (``storage`` must then be shared by all nodes). The teacher is loaded, or trained once as a Ray task with a
-    trial's resources (a whole GPU when trials use one) and cached in ``<storage>/teachers``, before any trial.
+    (``storage`` must then be shared by all nodes). The teacher is loaded, or trained once as a Ray task with
+    the CPUs of all concurrent trials (:func:`teacher_cpus`; a whole GPU when trials use one) and cached in
+    ``<storage>/teachers``, before any trial.
     Trials that raise are recorded as failed and the search goes on. A run folder that already holds a search is refused
     unless ``resume``. Returns the outcome; ``finished`` is False when the run was interrupted (Ctrl-C), and
     ``resume=True`` then continues it.
@@ -192,13 +211,14 @@ def run_search(
                 "and, on a cluster with token authentication, RAY_AUTH_TOKEN"
             ) from None
         resources = plan.job.resources
+        cpus = teacher_cpus(resources.cpus_per_trial, plan.job.max_concurrent_trials)
         teacher_path = ensure_teacher(
-            plan.job.data,
+            plan.job.teacher_data(),
             plan.job.teacher,
             plan.storage / "teachers",
-            cpus=resources.cpus_per_trial,
+            cpus=cpus,
             use_gpu=resources.gpus_per_trial > 0,
-            workers=loader_workers(resources.cpus_per_trial, resources.loader_workers),
+            workers=teacher_loader_workers(cpus, plan.job),
         )
         if plan.job.calibrate is not None:
             from ..calibrate import calibrate_search

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from ..data import load_data
 from ..files import atomic_write
 from ..metric import METRIC_MODES
 from ..teacher import get_teacher
@@ -39,7 +40,10 @@ def score_space(
     subset = scoring_subset(bundle, job.scorer.subset, job.data.seed)
     rows = []
     with torch_threads(job.resources.cpus_per_trial):
-        teacher, _ = get_teacher(job.data, job.teacher, bundle, plan.storage / "teachers", device=device)
+        teacher_bundle = bundle if job.teacher.train_per_class is None else load_data(job.teacher_data().spec())
+        teacher, _ = get_teacher(
+            job.teacher_data(), job.teacher, teacher_bundle, plan.storage / "teachers", device=device
+        )
         teacher.to(device)
         for candidate in space.candidates():
             metrics = teacher_metrics(teacher, subset, candidate, bundle, job, device)

@@ -18,7 +18,7 @@ from ray import tune
 from ..candidates import Candidate, parse_candidate
 from ..checkpoints import load_state
 from ..config import JobSpec
-from ..data import DataBundle, DataSpec, load_data
+from ..data import DataBundle, DataSpec
 from ..errors import DaqSearchError
 from ..kd import check_precision, loader_workers, training_threads
 from ..logs import show_progress
@@ -69,14 +69,15 @@ class CandidateSampler:
         return {CANDIDATE_KEY: candidate.id, REPEAT_KEY: repeat}
 
 
-_DATA_CACHE: dict[DataSpec, DataBundle] = {}
+_DATA_CACHE: dict[tuple[DataSpec, DataSpec], DataBundle] = {}
 
 
-def cached_data(spec: DataSpec) -> DataBundle:
-    """``load_data(spec)``, loaded once per worker process (Tune reuses trial actors)."""
-    if spec not in _DATA_CACHE:
-        _DATA_CACHE[spec] = load_data(spec)
-    return _DATA_CACHE[spec]
+def cached_data(job: JobSpec) -> DataBundle:
+    """The job's student data (``job.load_data()``), loaded once per worker process (Tune reuses trial actors)."""
+    key = (job.data.spec(), job.teacher_data().spec())
+    if key not in _DATA_CACHE:
+        _DATA_CACHE[key] = job.load_data()
+    return _DATA_CACHE[key]
 
 
 def job_training(
@@ -130,7 +131,7 @@ def run_trial(config: dict) -> None:
     device = torch.device("cuda" if use_gpu else "cpu")
     check_precision(job.trial.precision, device, "trial.precision")
     candidate = parse_candidate(config[CANDIDATE_KEY])
-    bundle = cached_data(job.data.spec())
+    bundle = cached_data(job)
     teacher = load_teacher(config["teacher_checkpoint"], job.teacher, bundle)
     subset = scoring_subset(bundle, job.scorer.subset, job.data.seed)
     training = job_training(job, teacher, bundle, candidate, subset, device, workers)
