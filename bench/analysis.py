@@ -272,8 +272,8 @@ class Calibrated:
     """The calibrated search on one regime, replayed on the first seed's runs: the anchors (``default_anchors`` of the
     regime's candidates, the ground truth unseen), their final validation accuracy (fraction), the chosen objective
     and budget (epochs and fraction of the full epochs; the package's fallback when the anchors cannot choose), the
-    chosen rule's Kendall agreement with the anchors, how its value is read (``best epoch`` of a run that recorded
-    every epoch, else ``last epoch``), its value per candidate and the CPU seconds of every run it needs."""
+    chosen rule's Kendall agreement with the anchors, how its value is read (``last epoch``, as the package ranks
+    trials), its value per candidate and the CPU seconds of every run it needs."""
 
     anchors: list[str]
     anchor_val_acc: list[float]
@@ -303,14 +303,12 @@ def calibration_anchors(candidates: list[str]) -> list[str]:
 
 
 def run_value(run: dict, objective: str) -> tuple[float, float, str]:
-    """A rule's value on one student run, as the package's calibration and search read it: the objective's best
-    epoch (in its direction) when the run recorded every epoch, else its value after the last epoch (the bench's 10 %
-    and 50 % runs read only that). Returns (value, seconds of the run: its training CPU seconds plus the read seconds
-    that value needs, how it was read)."""
+    """A rule's value on one student run, as the package's calibration and search read it: the objective after the
+    run's last epoch. Returns (value, seconds of the run: its training CPU seconds plus the read seconds the package
+    spends on it, every epoch's when the run recorded every epoch as a trial does, how it was read)."""
     if "curve" in run:
-        best = min if METRIC_MODES[objective] == "min" else max
         reads = sum(row["read_seconds"] for row in run["curve"])
-        return float(best(row[objective] for row in run["curve"])), run["seconds"] + reads, "best epoch"
+        return float(run["curve"][-1][objective]), run["seconds"] + reads, "last epoch"
     return float(run["read"][objective]), run["seconds"] + run["read"]["read_seconds"], "last epoch"
 
 

@@ -11,7 +11,7 @@ changes which results ASHA has seen when it decides).
   trains its configurations at the full trial budget. Configurations are drawn from a seeded permutation of the
   candidates (a bracket holds each candidate at most once); survivors continue their run.
 
-The winner is the package's rule (``results.rank_trials``: most epochs trained, then best value)."""
+The winner is the package's rule (``results.rank_trials``: most epochs trained, then the last epoch's value)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from daq_search.candidates import parse_candidate
-from daq_search.results import rank_trials
+from daq_search.results import rank_column, rank_trials
 from daq_search.spaces import SearchSpace
 
 
@@ -59,10 +59,6 @@ class AshaBracket:
 def _winner(rows: list[dict], objective: str, mode: str) -> str:
     table = pd.DataFrame(rows)
     return str(rank_trials(table, objective, mode).iloc[0]["candidate"])
-
-
-def _best(values: list[float], mode: str) -> float:
-    return max(values) if mode == "max" else min(values)
 
 
 def replay_tpe_asha(
@@ -107,7 +103,7 @@ def replay_tpe_asha(
                 "candidate": candidate,
                 "status": "completed" if len(values) == max_t else "pruned",
                 "epochs": len(values),
-                f"{objective}_best": _best(values, mode),
+                rank_column(objective): values[-1],
             }
         )
     return Replay(
@@ -155,7 +151,7 @@ def replay_hyperband(
                     "candidate": candidate,
                     "status": "completed" if trained[candidate] == max_t else "pruned",
                     "epochs": trained[candidate],
-                    f"{objective}_best": _best(values, mode),
+                    rank_column(objective): values[-1],
                 }
             )
             trial_id += 1

@@ -12,8 +12,8 @@ search; resumable). For every anchor it trains
   read off a longer run). ``b = ceil(fraction * calibrate.epochs)``, at least 1, for each fraction of
   ``calibrate.rules.budgets``.
 
-A *rule* is an objective read after a budget: its value on an anchor is the objective's best epoch (in its own
-direction) of that anchor's budget run, the value the search ranks a trial by. Every rule is read from the same
+A *rule* is an objective read after a budget: its value on an anchor is the objective at the last epoch of that
+anchor's budget run, the value the search ranks a trial by (:func:`daq_search.results.rank_column`). Every rule is read from the same
 budget runs (each run reports every metric), so the cost is one run per anchor and budget, not per rule. Teacher-only
 rules (``teacher_*``, ``t_stddev``) do not depend on the budget, so the cheapest budget wins their ties.
 
@@ -50,6 +50,7 @@ from .candidates import Candidate, parse_candidate
 from .config import CalibrateConfig, CalibrationRecord, JobSpec
 from .errors import DaqSearchError
 from .metric import METRIC_MODES
+from .results import rank_column
 from .spaces import SearchSpace
 
 logger = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ CALIBRATION_SCHEMA = pa.schema(
     ]
 )
 """Columns of ``calibration.parquet``: one row per anchor and rule. ``rule`` is ``<objective>@<budget>``;
-``budget`` the rule's trial budget in epochs; ``value`` the objective's best epoch of the anchor's budget run (null
+``budget`` the rule's trial budget in epochs; ``value`` the objective at the last epoch of the anchor's budget run (null
 when that run failed); ``final_acc`` the anchor's validation accuracy after its full run (null when it failed);
 ``agreement`` the rule's Kendall tau-b with the final accuracies (null when the rule does not separate the anchors);
 ``chosen`` marks the rows of the rule the search runs with. The file's metadata holds ``daq_search.fallback``."""
@@ -273,8 +274,8 @@ def calibration_table(values: pd.DataFrame, agreements: pd.DataFrame, choice: Ch
 
 def anchor_values(runs: pd.DataFrame, anchors: Sequence[str], rules: Sequence[Rule]) -> pd.DataFrame:
     """The calibration's evidence from its runs table (``RUN_DIR/calibration/trials.parquet`` columns ``candidate``,
-    ``variant``, ``budget``, ``status``, ``val_acc_last`` and ``<objective>_best``): one row per anchor and rule with
-    ``value`` (the rule's objective at its best epoch of the anchor's completed budget run) and ``final_acc`` (the
+    ``variant``, ``budget``, ``status``, ``val_acc_last`` and ``<objective>_last``): one row per anchor and rule with
+    ``value`` (the rule's objective at the last epoch of the anchor's completed budget run) and ``final_acc`` (the
     anchor's ``val_acc`` after its completed full run); None where the run did not complete."""
     done = runs[runs["status"] == "completed"]
     rows = []
@@ -284,7 +285,7 @@ def anchor_values(runs: pd.DataFrame, anchors: Sequence[str], rules: Sequence[Ru
         final_acc = float(full["val_acc_last"].iloc[0]) if len(full) else None
         for rule in rules:
             run = mine[mine["variant"] == budget_variant(rule.budget)]
-            value = run[f"{rule.objective}_best"].iloc[0] if len(run) else None
+            value = run[rank_column(rule.objective)].iloc[0] if len(run) else None
             value = None if value is None or pd.isna(value) else float(value)
             rows.append(
                 {"anchor": anchor, "objective": rule.objective, "budget": rule.budget, "value": value,

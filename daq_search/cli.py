@@ -26,7 +26,7 @@ class _Interrupted(Exception):
 
 
 def _search(args: argparse.Namespace) -> int:
-    from .results import TRIALS_FILE, best_trial
+    from .results import TRIALS_FILE, best_trial, rank_column
     from .runtime import check_address
     from .search import plan_search, run_search, top_table
     from .selection import describe_rule
@@ -45,11 +45,11 @@ def _search(args: argparse.Namespace) -> int:
         print(f"no trial completed or was pruned, so there is no winner; errors are in {plan.run_dir / TRIALS_FILE}")
         return 1
     job = plan.job
-    print(f"\ntop trials by {job.objective} ({job.mode}; most epochs first, then best epoch):")
+    print(f"\ntop trials by {job.objective} ({job.mode}; most epochs first, then the last epoch's value):")
     print(top_table(outcome.trials, job.objective, job.mode), end="")
     best = best_trial(outcome.trials, job.objective, job.mode)
     print(
-        f"chosen: {best['candidate']} ({job.objective} {best[f'{job.objective}_best']:.4g} after "
+        f"chosen: {best['candidate']} ({job.objective} {best[rank_column(job.objective)]:.4g} after "
         f"{best['epochs']} epochs, the best of {len(outcome.trials)} trials by the selection rule above)"
     )
     print(f"winner: {outcome.winner_file}")

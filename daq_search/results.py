@@ -10,10 +10,11 @@ Statuses: ``running`` (in flight), ``completed`` (trained its full budget), ``pr
 budget, without error), ``failed`` (raised; ``error`` holds the exception's last line).
 
 Ranking (the winner and "best so far"): trials that did not fail are ranked first by how many epochs they trained,
-then by the best value of the objective over their epochs, in the objective's direction. This follows ASHA: a
-pruned trial lost at a rung against the trials ASHA let go on, so a trial that got further is preferred to one that
-stopped earlier, and among trials that got equally far the best epoch counts (as in Tune's
-``get_best_result(scope="all")``).
+then by the objective's value at their last epoch (:func:`rank_column`), in the objective's direction. A completed
+trial's last epoch ends its own schedule, which is what the benchmark's default rule reads (the best of many noisy
+epochs would favour noisy trials); ASHA too compares the last value reported at a rung, and a pruned trial lost at a
+rung against the trials ASHA let go on, so a trial that got further is preferred to one that stopped earlier (as in
+Tune's ``get_best_result(scope="last")``).
 """
 
 from __future__ import annotations
@@ -285,10 +286,15 @@ def run_metadata(schema: pa.Schema) -> dict[str, Any]:
     return out
 
 
+def rank_column(objective: str) -> str:
+    """The trials-table column trials are ranked by: ``objective`` at each trial's last epoch."""
+    return f"{objective}_last"
+
+
 def rank_trials(df: pd.DataFrame, objective: str, mode: str) -> pd.DataFrame:
-    """The trials that did not fail and reported at least once, best first: most epochs trained, then the best value
-    of ``objective`` over their epochs (in direction ``mode``); ties keep the earlier trial id."""
-    column = f"{objective}_best"
+    """The trials that did not fail and reported at least once, best first: most epochs trained, then ``objective``
+    at their last epoch (in direction ``mode``); ties keep the earlier trial id."""
+    column = rank_column(objective)
     ok = df[(df["status"] != "failed") & (df["epochs"] > 0) & df[column].notna()]
     return ok.sort_values(["epochs", column, "trial_id"], ascending=[False, mode == "min", True], kind="stable")
 
@@ -304,7 +310,7 @@ def sort_trials(df: pd.DataFrame, column: str | None = None) -> pd.DataFrame:
     ascending), nulls last; without a column, by the run's ranking (failed and unreported trials last)."""
     if column is None:
         objective, mode = df.attrs.get("objective"), df.attrs.get("mode")
-        if objective is None or f"{objective}_best" not in df:
+        if objective is None or rank_column(objective) not in df:
             return df.sort_values("trial_id", kind="stable")
         ranked = rank_trials(df, objective, mode)
         return pd.concat([ranked, df.drop(ranked.index).sort_values("trial_id", kind="stable")])
@@ -316,17 +322,17 @@ def sort_trials(df: pd.DataFrame, column: str | None = None) -> pd.DataFrame:
 
 
 TABLE_COLUMNS = ("trial_id", "candidate", "status", "epochs")
-TABLE_METRICS = ("score_best", "score_ce_best", "val_acc_best", "teacher_score_last", "t_stddev_last")
+TABLE_METRICS = ("score_last", "score_ce_last", "val_acc_last", "val_acc_best", "teacher_score_last", "t_stddev_last")
 FORMATS = ("table", "csv", "json", "markdown")
 
 
 def display_columns(df: pd.DataFrame) -> list[str]:
-    """The columns shown by the ``table`` and ``markdown`` formats: identity, status, the objective's best, a few key
+    """The columns shown by the ``table`` and ``markdown`` formats: identity, status, the ranking column, a few key
     metrics, wall time and error (csv and json carry every column)."""
     columns = list(TABLE_COLUMNS)
     objective = df.attrs.get("objective")
-    if objective is not None and f"{objective}_best" in df:
-        columns.append(f"{objective}_best")
+    if objective is not None and rank_column(objective) in df:
+        columns.append(rank_column(objective))
     columns += [c for c in TABLE_METRICS if c not in columns] + ["wall_s", "error"]
     return [c for c in columns if c in df]
 
@@ -448,9 +454,9 @@ def plot_run(run_dir: str | Path, out_png: str | Path, metric: str | None = None
         chosen = trials[trials["status"] == name]
         if len(chosen):
             label = f"{name} ({len(chosen)})"
-            scatter.scatter(chosen["val_acc_best"], chosen[f"{metric}_best"], color=colour, label=label)
-    scatter.set_xlabel("val_acc (best epoch)")
-    scatter.set_ylabel(f"{metric} (best epoch)")
+            scatter.scatter(chosen["val_acc_last"], chosen[rank_column(metric)], color=colour, label=label)
+    scatter.set_xlabel("val_acc (last epoch)")
+    scatter.set_ylabel(f"{metric} (last epoch)")
     scatter.set_title(f"{metric} vs validation accuracy")
     scatter.legend(loc="best", fontsize=8)
     fig.tight_layout()

@@ -218,11 +218,16 @@ def _write_outputs(out_dir: Path, metrics: dict, epochs: pd.DataFrame, artifact:
     atomic_write_text(out_dir / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
 
 
+RAY_TRAIN_HOUSEKEEPING = ("PlacementGroupCleaner",)
+"""Ray Train's own actors whose every line (it polls a state API that an embedded Ray without dashboard lacks, and
+under load says so on standard output too) goes to the log file, never to the terminal."""
+
+
 @contextmanager
 def routed_worker_logs(path: Path) -> Iterator[None]:
     """While the body runs (Ray up), the Ray workers' standard output is printed as before, while their standard
-    error (Ray's and the libraries' warnings and log records, e.g. Ray Train's ``PlacementGroupCleaner`` polling a
-    state API that an embedded Ray without dashboard lacks) is appended to ``path`` instead of the terminal."""
+    error (Ray's and the libraries' warnings and log records) and everything Ray Train's housekeeping actors print
+    (:data:`RAY_TRAIN_HOUSEKEEPING`) are appended to ``path`` instead of the terminal."""
     from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
 
     name = "ray_print_logs"  # the handler ray.init(log_to_driver=True) installs
@@ -231,11 +236,11 @@ def routed_worker_logs(path: Path) -> Iterator[None]:
     with open(path, "a") as log_file:
 
         def route(data: dict) -> None:
-            if not data.get("is_err"):
+            source = data.get("actor_name") or data.get("task_name") or "worker"
+            if not data.get("is_err") and not source.startswith(RAY_TRAIN_HOUSEKEEPING):
                 for printer in printers:
                     printer(data)
                 return
-            source = data.get("actor_name") or data.get("task_name") or "worker"
             log_file.writelines(f"({source} pid={data.get('pid')}) {line}\n" for line in data.get("lines", ()))
             log_file.flush()
 

@@ -168,9 +168,10 @@ def test_calibrated_search_picks_and_costs_as_computed_by_hand():
     anchors = ["none", "random_erasing(p=0.5)", "trivialaugment"]
     assert calibration_anchors(list(candidates)) == anchors
     final_val = {"none": 0.6, "random_erasing(p=0.5)": 0.7, "trivialaugment": 0.8}
-    # val_loss at 5 epochs (the 25 % run records every epoch): best epoch ranks the anchors right, last epoch wrong
-    best = dict(zip(candidates, [3.0, 2.0, 1.0, 4.0, 0.5], strict=True))
-    last = dict(zip(candidates, [7.0, 8.0, 9.0, 9.0, 9.0], strict=True))
+    # val_loss at 5 epochs (the 25 % run records every epoch): the last epoch ranks the anchors right, the best of
+    # its epochs (epoch 2's, lower still) would rank them wrong
+    last = dict(zip(candidates, [3.0, 2.0, 1.0, 4.0, 0.5], strict=True))
+    early = dict(zip(candidates, [0.3, 0.4, 0.45, 0.5, 0.45], strict=True))
     results = {}
     for c in candidates:
         for seed, top1 in enumerate({"none": (0.59, 0.61), "random_erasing(p=0.5)": (0.69, 0.71),
@@ -187,14 +188,14 @@ def test_calibrated_search_picks_and_costs_as_computed_by_hand():
             10, cmi={"none": 0.1, "random_erasing(p=0.5)": 0.2, "trivialaugment": 0.3}.get(c, 0.0)
         )
         curve = [{**dict.fromkeys(READ_FIELDS, 1.0), "epoch": e, "read_seconds": 0.5,
-                  "val_loss": {2: best[c], 5: last[c]}.get(e, 5.0)} for e in range(1, 6)]  # fmt: skip
+                  "val_loss": {2: early[c], 5: last[c]}.get(e, 5.0)} for e in range(1, 6)]  # fmt: skip
         results[Job("student", regime, c, 0, 0.25).key()] = {**_run(5), "curve": curve}
     calibrated = calibrated_search(regime, results)
     # val_loss@5 and cmi@10 both agree perfectly (tau 1): the cheaper budget wins
     assert calibrated.anchors == anchors and calibrated.anchor_val_acc == [0.6, 0.7, 0.8]
     assert (calibrated.objective, calibrated.budget_epochs, calibrated.fraction) == ("val_loss", 5, 0.25)
     assert calibrated.agreement == pytest.approx(1.0) and calibrated.fallback is None
-    assert calibrated.value_read == "best epoch" and calibrated.values == [3.0, 2.0, 1.0, 4.0, 0.5]
+    assert calibrated.value_read == "last epoch" and calibrated.values == [3.0, 2.0, 1.0, 4.0, 0.5]
     # anchors' full runs 3 x (20 + 0.5), their budget runs 3 x ((2 + 0.5) + (5 + 5 x 0.5) + (10 + 0.5)),
     # every candidate at 5 epochs read every epoch: 5 x (5 + 2.5)
     assert calibrated.seconds == pytest.approx(61.5 + 61.5 + 37.5)

@@ -22,6 +22,7 @@ from daq_search.results import (
     format_table,
     plot_metric,
     plot_run,
+    rank_column,
     rank_trials,
     read_epochs,
     read_trials,
@@ -132,6 +133,19 @@ def test_ranking_prefers_trials_that_got_further(tmp_path):
     assert list(rank_trials(df, "val_acc", "max")["trial_id"]) == ["a", "d", "b"]
 
 
+def test_trials_equally_far_are_ranked_by_their_last_epoch_not_their_best(tmp_path):
+    table = make_table(tmp_path, max_epochs=2)
+    for trial_id, scores in (("early", [0.1, 0.6]), ("late", [0.5, 0.3])):
+        table.start(trial_id, "none", {"policy": "none", "mix": "none"})
+        for epoch, score in enumerate(scores, start=1):
+            table.add_epoch(trial_id, epoch, metrics(score, 0.5))
+        table.end(trial_id)
+    df = table.frame()
+    assert df.set_index("trial_id").loc["early", "score_best"] == pytest.approx(0.1)  # the better best epoch
+    assert list(rank_trials(df, "score", "min")["trial_id"]) == ["late", "early"]  # 0.3 < 0.6 at the last epoch
+    assert rank_column("score") == "score_last"
+
+
 def test_sorting(tmp_path):
     df = read_trials(filled_run(tmp_path).run_dir)
     assert list(sort_trials(df)["trial_id"]) == ["a", "d", "b", "c"]  # ranking, failed last
@@ -150,7 +164,7 @@ def test_formats_parse_back(tmp_path):
     assert [r["status"] for r in records] == list(df["status"])
     assert records[2]["score_best"] is None  # the failed trial: null, not NaN
     markdown = format_table(df, "markdown").splitlines()
-    assert markdown[0].startswith("| trial_id | candidate | status | epochs | score_best |")
+    assert markdown[0].startswith("| trial_id | candidate | status | epochs | score_last |")
     assert set(markdown[1]) <= {"|", "-"} and len(markdown) == 2 + len(df)
     table = format_table(df, "table").splitlines()
     assert table[0].split()[:4] == ["trial_id", "candidate", "status", "epochs"]
@@ -179,7 +193,7 @@ def test_plot_draws_the_runs_objective(tmp_path, monkeypatch):
     monkeypatch.setattr(plt, "close", lambda fig: (drawn.append(fig), close(fig)))
     plot_run(tmp_path, tmp_path / "run.png")
     curves, scatter = drawn[0].axes
-    assert curves.get_ylabel() == "score_ce" and scatter.get_ylabel() == "score_ce (best epoch)"
+    assert curves.get_ylabel() == "score_ce" and scatter.get_ylabel() == "score_ce (last epoch)"
     assert list(curves.lines[0].get_ydata()) == [1.0, 0.5]  # the score_ce of each epoch, not the score (0.5)
     plot_run(tmp_path, tmp_path / "acc.png", metric="val_acc")
     assert drawn[1].axes[0].get_ylabel() == "val_acc"

@@ -32,7 +32,7 @@ from ..config import JobSpec, job_to_yaml
 from ..errors import DaqSearchError
 from ..files import atomic_write_text
 from ..kd import loader_workers
-from ..results import TrialTable, best_trial, format_table, rank_trials
+from ..results import TrialTable, best_trial, format_table, rank_column, rank_trials
 from ..runtime import ray_session
 from ..teacher import ensure_teacher, load_teacher
 from .plan import SearchPlan, _save_job, check_resumable, knob_types
@@ -150,7 +150,7 @@ def write_winner(plan: SearchPlan, trials: pd.DataFrame, teacher_path: Path) -> 
     atomic_write_text(
         path,
         f"# Winner of search {plan.name!r}: trial {best['trial_id']} ({best['status']}, {best['epochs']} epochs), "
-        f"{plan.job.objective}={best[f'{plan.job.objective}_best']:.6g}.\n"
+        f"{plan.job.objective}={best[rank_column(plan.job.objective)]:.6g} at its last epoch.\n"
         f"# Train it with: daq-search train {path}\n" + job_to_yaml(winner),
     )
     return path
@@ -248,5 +248,5 @@ def run_search(
 def top_table(trials: pd.DataFrame, objective: str, mode: str, top: int = TOP_SHOWN) -> str:
     """The ``top`` best trials (see :func:`daq_search.results.rank_trials`) as an aligned text table."""
     ranked = rank_trials(trials, objective, mode).head(top)
-    columns = ["trial_id", "candidate", "status", "epochs", f"{objective}_best", "val_acc_best"]
+    columns = ["trial_id", "candidate", "status", "epochs", rank_column(objective), "val_acc_last"]
     return format_table(ranked[list(dict.fromkeys(columns))], "table")

@@ -14,7 +14,7 @@ from ray import tune
 from ray.tune.experiment import Trial
 
 from ..candidates import Candidate, parse_candidate
-from ..results import TrialTable, rank_trials
+from ..results import TrialTable, rank_column, rank_trials
 from .trial import CANDIDATE_KEY, REPEAT_KEY
 
 logger = logging.getLogger(__name__)
@@ -88,9 +88,10 @@ class SearchCallback(tune.Callback):
         self.table.add_epoch(trial.trial_id, epoch, result, seconds=result.get("time_total_s"))
         self.table.write()
         objective = self.table.objective
+        accuracy = "" if objective == "val_acc" else f" val_acc={result.get('val_acc', math.nan):.3f}"
         self._say(
             f"trial {trial.trial_id} epoch {epoch}/{self.table.max_epochs}: "
-            f"{objective}={result.get(objective, math.nan):.4f} val_acc={result.get('val_acc', math.nan):.3f}"
+            f"{objective}={result.get(objective, math.nan):.4f}{accuracy}"
         )
 
     def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
@@ -123,7 +124,7 @@ class SearchCallback(tune.Callback):
         objective = self.table.objective
         self._say(
             f"trial {trial.trial_id} {row['status']} after {row['epochs']}/{self.table.max_epochs} epochs: "
-            f"{row['candidate']} {objective}={_fmt(row.get(f'{objective}_best'))}"
+            f"{row['candidate']} {objective}={_fmt(row.get(rank_column(objective)))}"
         )
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
@@ -156,7 +157,7 @@ class SearchCallback(tune.Callback):
             return line + "; best so far: none"
         best = ranked.iloc[0]
         objective = self.table.objective
-        return f"{line}; best so far: {best['candidate']} {objective}={_fmt(best[f'{objective}_best'])}"
+        return f"{line}; best so far: {best['candidate']} {objective}={_fmt(best[rank_column(objective)])}"
 
 
 def _fmt(value: Any) -> str:
