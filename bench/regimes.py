@@ -238,21 +238,33 @@ def _scenes_init_teacher() -> Regime:
     )
 
 
-def _scenes_patient() -> Regime:
+def _patient_regime(name: str, description: str, *, per_class: int, epochs: int, candidates: tuple[str, ...]) -> Regime:
+    """Patient function matching on scenes 32x32: a student on ``per_class`` images/class initialised from a teacher
+    trained for 40 epochs on 600 images/class, batch 50, ``epochs`` epochs."""
     return _kd_regime(
-        "scenes32-30pc-init-teacher-160ep",
-        "patient function matching: scenes 32x32, student on 30 images/class initialised from a teacher trained on "
-        "600 images/class, 160 epochs (batch 50): the student can only learn what the teacher knows beyond its 300 "
-        "images through the views augmentation shows it",
+        name,
+        description,
         data="scenes",
         image_size=32,
-        per_class=30,
-        epochs=160,
-        candidates=WIDE_CANDIDATES,
+        per_class=per_class,
+        epochs=epochs,
+        candidates=candidates,
         init="teacher",
         teacher_epochs=40,
         teacher_per_class=600,
         batch_size=50,
+    )
+
+
+def _scenes_patient() -> Regime:
+    return _patient_regime(
+        "scenes32-30pc-init-teacher-160ep",
+        "patient function matching: scenes 32x32, student on 30 images/class initialised from a teacher trained on "
+        "600 images/class, 160 epochs (batch 50): the student can only learn what the teacher knows beyond its 300 "
+        "images through the views augmentation shows it",
+        per_class=30,
+        epochs=160,
+        candidates=WIDE_CANDIDATES,
     )
 
 
@@ -296,20 +308,14 @@ def _animals_planted_affine() -> Regime:
 
 def _scenes_ladder(per_class: int) -> Regime:
     return replace(
-        _kd_regime(
+        _patient_regime(
             f"scenes32-{per_class}pc-ladder-320ep",
             f"longer patient function matching with a candidate ladder: scenes 32x32, student on {per_class} "
             "images/class initialised from a teacher trained on 600 images/class, 320 epochs (batch 50), fresh "
             "seeds 8-11, candidates from none to over-strong",
-            data="scenes",
-            image_size=32,
             per_class=per_class,
             epochs=320,
             candidates=LADDER_CANDIDATES,
-            init="teacher",
-            teacher_epochs=40,
-            teacher_per_class=600,
-            batch_size=50,
         ),
         seeds=(8, 9, 10, 11),
     )

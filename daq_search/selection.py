@@ -59,4 +59,5 @@ def describe_rule(job: JobSpec) -> str:
         return f"selection rule: chosen by the calibration below among the job's rules (the job's own: {rule})"
     if is_default_rule(job):
         return f"selection rule: {rule}; the default, from {EVIDENCE}"
-    return f"selection rule: {rule}; set by the job (the default is {DEFAULT_OBJECTIVE} after {DEFAULT_TRIAL_FRACTION:.0%} of the final epochs, no early stopping)"
+    default = f"{DEFAULT_OBJECTIVE} after {DEFAULT_TRIAL_FRACTION:.0%} of the final epochs, no early stopping"
+    return f"selection rule: {rule}; set by the job (the default is {default})"
