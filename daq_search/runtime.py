@@ -34,6 +34,10 @@ does the same for its drivers)."""
 
 
 TEMP_DIR_MODE = 0o700
+RAY_FOLDER = "ray"
+"""The folder inside :func:`local_temp_dir` that an embedded Ray is given as its temp folder: Ray makes that folder
+and its session folders world-writable (mode 0777) when it starts, so they must sit inside one that Ray never
+changes."""
 PROBE_TIMEOUT_S = 5.0
 """How long ``--address`` may take to accept a TCP connection before the run fails (nothing is written before)."""
 
@@ -43,7 +47,8 @@ def local_temp_dir() -> Path:
 
     ``daq-ray-<uid>`` under the system temp folder, created mode 0700; a symlink there, a folder owned by another
     user is refused (a one-line DaqSearchError), since Ray keeps its session files and sockets in it; one of
-    ours with a wider mode (made by an older version) is set back to 0700.
+    ours with a wider mode (made by an older version) is set back to 0700. Ray itself gets the folder
+    :data:`RAY_FOLDER` inside it, so this one stays 0700 while Ray runs and after it stops.
     """
     path = Path(tempfile.gettempdir()) / f"daq-ray-{os.getuid()}"
     try:
@@ -134,8 +139,8 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, num_gpu
     """Run the body with Ray up: connect to ``address`` (a cluster), or start an embedded single-machine Ray.
 
     The embedded Ray has Ray's token authentication on with a fresh random 256-bit token per session (kept only
-    in the environment of this process and Ray's own), asks Ray to bind 127.0.0.1, keeps its files in the private
-    :func:`local_temp_dir`, and has no dashboard and no usage stats; its CPUs default to the machine's. With
+    in the environment of this process and Ray's own), asks Ray to bind 127.0.0.1, keeps its files inside the private
+    :func:`local_temp_dir` (which stays mode 0700 for the whole session), and has no dashboard and no usage stats; its CPUs default to the machine's. With
     ``address``, that address is probed first (:func:`check_address`) and Ray's own ``RAY_AUTH_TOKEN`` is
     honoured. Ray is shut down when the body ends, also on errors and Ctrl-C.
     """
@@ -149,7 +154,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, num_gpu
         return
     with ExitStack() as stack:
         if address is None:
-            temp_dir = local_temp_dir()
+            temp_dir = local_temp_dir() / RAY_FOLDER
             stack.enter_context(_embedded_env())
             ray.init(
                 num_cpus=num_cpus,

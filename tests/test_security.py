@@ -5,7 +5,9 @@ from __future__ import annotations
 import http.client
 import ipaddress
 import os
+import shutil
 import stat
+import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -228,3 +230,22 @@ def test_temp_dir_refuses_a_folder_of_another_user(tmp_path, monkeypatch):
     with pytest.raises(DaqSearchError, match=rf"belongs to uid {other}, not to you; remove it$"):
         runtime.local_temp_dir()
     assert stat.S_IMODE(real_lstat(folder).st_mode) == 0o777
+
+
+@pytest.mark.slow
+def test_embedded_ray_temp_folder_stays_private_while_ray_runs_and_after(monkeypatch):
+    import ray
+
+    base = Path(tempfile.mkdtemp(prefix="dq", dir="/tmp"))  # short: Ray's socket paths must stay under 107 characters
+    monkeypatch.setattr(runtime.tempfile, "gettempdir", lambda: str(base))
+    try:
+        folder = runtime.local_temp_dir()
+        with runtime.ray_session(num_cpus=1):
+            session = Path(ray._private.worker.global_worker.node.get_session_dir_path())
+            during = stat.S_IMODE(folder.lstat().st_mode)
+        after = stat.S_IMODE(folder.lstat().st_mode)
+        assert folder in session.parents  # every file of the session lies inside the private folder
+        assert stat.S_IMODE(session.lstat().st_mode) == 0o777  # control: Ray made its own folders world-writable
+        assert (during, after) == (0o700, 0o700)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
