@@ -139,10 +139,10 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, num_gpu
     """Run the body with Ray up: connect to ``address`` (a cluster), or start an embedded single-machine Ray.
 
     The embedded Ray has Ray's token authentication on with a fresh random 256-bit token per session (kept only
-    in the environment of this process and Ray's own), asks Ray to bind 127.0.0.1, keeps its files inside the private
-    :func:`local_temp_dir` (which stays mode 0700 for the whole session), and has no dashboard and no usage stats; its CPUs default to the machine's. With
-    ``address``, that address is probed first (:func:`check_address`) and Ray's own ``RAY_AUTH_TOKEN`` is
-    honoured. Ray is shut down when the body ends, also on errors and Ctrl-C.
+    in the environment of this process and Ray's own), asks Ray to bind 127.0.0.1, keeps its files inside the
+    private :func:`local_temp_dir` (which stays mode 0700 for the whole session), and has no dashboard and no usage
+    stats; its CPUs default to the machine's. With ``address``, that address is probed first (:func:`check_address`)
+    and Ray's own ``RAY_AUTH_TOKEN`` is honoured. Ray is shut down when the body ends, also on errors and Ctrl-C.
     """
     import ray
 
