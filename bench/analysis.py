@@ -57,7 +57,9 @@ class RuleResult:
 
     ``seconds`` are CPU seconds (one thread); ``cost_fraction`` is the rule's seconds over one full sweep (every
     candidate trained once to completion); ``rho_ci`` is a bootstrap interval over seeds (the 1-seed sweep gives
-    the range over left-out seeds instead); searches pick without ranking (rho NaN).
+    the range over left-out seeds instead); searches pick without ranking (rho NaN). ``tiebreak`` holds the values
+    that break a tie for the pick (:func:`bench.stats.pick`; minus the validation loss of the same runs, larger is
+    better), None where the rule has none and a tie is drawn at random.
     """
 
     rule: str
@@ -72,6 +74,7 @@ class RuleResult:
     seconds: float
     cost_fraction: float
     chosen_rule: str | None = None
+    tiebreak: list[float] | None = None
 
 
 NAN_PAIR = (float("nan"), float("nan"))
@@ -109,8 +112,8 @@ def sweep_seconds(regime: Regime, results: dict, field: str = "seconds") -> floa
     return float(np.mean(per_seed))
 
 
-def _rule(name, mode, values, top1, candidates, seconds, sweep, rng) -> RuleResult:
-    agree = agreement(np.array(values), mode, top1, rng=rng)
+def _rule(name, mode, values, top1, candidates, seconds, sweep, rng, tiebreak=None) -> RuleResult:
+    agree = agreement(np.array(values), mode, top1, rng=rng, tiebreak=tiebreak)
     return RuleResult(
         rule=name,
         mode=mode,
@@ -123,6 +126,7 @@ def _rule(name, mode, values, top1, candidates, seconds, sweep, rng) -> RuleResu
         regret_pp=100 * agree.regret,
         seconds=seconds,
         cost_fraction=seconds / sweep,
+        tiebreak=None if tiebreak is None else [float(v) for v in tiebreak],
     )
 
 
@@ -216,10 +220,11 @@ def rule_results(regime: Regime, results: dict, top1: np.ndarray) -> list[RuleRe
         if not all(run is not None for run in runs):
             continue
         seconds = sum(run["seconds"] + run["read"]["read_seconds"] for run in runs)
+        lower_loss = [-run["read"]["val_loss"] for run in runs]
         for name, field, mode in STUDENT_RULES:
             values = [run["read"][field] for run in runs]
             label = f"{name} after {budget_label(fraction)} training"
-            rules.append(_rule(label, mode, values, top1, candidates, seconds, sweep, rng))
+            rules.append(_rule(label, mode, values, top1, candidates, seconds, sweep, rng, lower_loss))
     calibrated = calibrated_search(regime, results)
     if calibrated is not None:
         rules.append(calibrated_rule(calibrated, top1, candidates, sweep))
@@ -273,7 +278,8 @@ class Calibrated:
     regime's candidates, the ground truth unseen), their final validation accuracy (fraction), the chosen objective
     and budget (epochs and fraction of the full epochs; the package's fallback when the anchors cannot choose), the
     chosen rule's Kendall agreement with the anchors, how its value is read (``last epoch``, as the package ranks
-    trials), its value per candidate and the CPU seconds of every run it needs."""
+    trials), its value per candidate, each candidate's validation loss at the same read (the pick's tie-break) and
+    the CPU seconds of every run it needs."""
 
     anchors: list[str]
     anchor_val_acc: list[float]
@@ -284,6 +290,7 @@ class Calibrated:
     fallback: str | None
     value_read: str
     values: list[float]
+    val_loss: list[float]
     seconds: float
 
     def describe(self) -> str:
@@ -316,8 +323,10 @@ def calibrated_search(regime: Regime, results: dict) -> Calibrated | None:
     """The calibrated search replayed on the first seed's runs (None while any is missing), as daq_search/calibrate.py
     runs it: the anchors' final accuracy is their full run's validation accuracy after the last epoch; each rule
     (objective in :data:`CALIBRATION_OBJECTIVES` x budget in BUDGETS, each budget a run with its own schedule) is
-    read on every anchor with :func:`run_value`; ``choose_rule`` picks the rule (default: the shipped search,
-    ``score_ce`` at 25 %); that rule's value on every candidate's run at its budget picks the candidate. Cost: the
+    read on every anchor with :func:`run_value`; ``choose_rule`` picks the rule (when the anchors cannot choose, it
+    falls back to the package's default rule, :data:`~daq_search.selection.DEFAULT_OBJECTIVE` after
+    :data:`~daq_search.selection.DEFAULT_TRIAL_FRACTION` of the full epochs); that rule's value on every candidate's
+    run at its budget picks the candidate (ties: the lower validation loss of the same run). Cost: the
     anchors' full runs (training and their last read), the anchors' budget runs, and every candidate's run at the
     chosen budget (the search trains the anchors again, as the package does)."""
     candidates, seed = list(regime.candidates), regime.curve_seed()
@@ -355,6 +364,7 @@ def calibrated_search(regime: Regime, results: dict) -> Calibrated | None:
         fallback=choice.fallback,
         value_read=picked[0][2],
         values=[value for value, _, _ in picked],
+        val_loss=[run_value(runs[c, choice.budget], "val_loss")[0] for c in candidates],
         seconds=anchor_seconds + sum(seconds for _, seconds, _ in picked),
     )
 
@@ -363,7 +373,10 @@ def calibrated_rule(calibrated: Calibrated, top1: np.ndarray, candidates: list[s
     """The calibrated search as a row of the rules table: its chosen rule's values judged against ``top1``."""
     mode = METRIC_MODES[calibrated.objective]
     rng = np.random.default_rng(0)
-    result = _rule(CALIBRATED_RULE, mode, calibrated.values, top1, candidates, calibrated.seconds, sweep, rng)
+    lower_loss = [-loss for loss in calibrated.val_loss]
+    result = _rule(
+        CALIBRATED_RULE, mode, calibrated.values, top1, candidates, calibrated.seconds, sweep, rng, lower_loss
+    )
     return replace(result, chosen_rule=calibrated.describe())
 
 

@@ -119,6 +119,8 @@ def rules_table(rules: list[dict]) -> list[str]:
         )
     lines += [
         "",
+        "A rule picks the candidate with its best value; ties go to the lower validation loss of the same runs "
+        "where the rule has them, then to a seeded random draw (bench/stats.py `pick`), never to the first listed. "
         "Spearman/Kendall are sign-corrected (positive: the rule ranks the candidates as full training does); the "
         "interval resamples seeds of the ground truth (for the 1-seed sweep: the range over left-out seeds). Costs "
         "are CPU seconds over one full sweep's CPU seconds (teacher rules: one thread on CPU; trainings and replayed "
@@ -275,3 +277,24 @@ def cross_regime_lines(table: dict) -> list[str]:
         "",
     ]
     return lines
+
+
+def recommendation_sentence(table: dict) -> str:
+    """The recommended rule of a cross-regime ``table`` (:func:`bench.analysis.cross_regime`) in one sentence: its
+    name, worst-case regret (pp), in how many passing regimes its regret is 0, and its largest cost (share of one
+    full sweep); or that no rule is recommended, and why."""
+    regimes = table["passing_regimes"]
+    if not regimes:
+        return "No rule is recommended: no regime passes the noise gate."
+    if table["recommended"] is None:
+        return (
+            f"No rule is recommended: none costing at most {table['cost_limit']:.0%} of a full sweep is judged on "
+            f"every one of the {len(regimes)} passing regimes."
+        )
+    row = next(r for r in table["rules"] if r["rule"] == table["recommended"])
+    exact = sum(1 for cell in row["per_regime"].values() if cell["regret_pp"] == 0)
+    return (
+        f"The rule recommended by these results is {row['rule']}: worst-case regret {row['worst_regret_pp']:.2f} pp "
+        f"(0 in {exact} of the {len(regimes)} passing regimes), at most {row['max_cost_fraction']:.2f} of a full "
+        f"sweep's compute."
+    )

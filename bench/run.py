@@ -30,7 +30,7 @@ from .analysis import cross_regime, passing, regime_summary
 from .loop_ratio import CACHE_FILE as LOOP_RATIO_FILE
 from .loop_ratio import record as record_loop_ratio
 from .regimes import BUDGETS, FULL_REGIMES, QUICK_REGIMES, Regime, build_regime, parse_seeds
-from .report import cost_regret_plot, cross_regime_lines, regime_tables, scatter_plot
+from .report import cost_regret_plot, cross_regime_lines, recommendation_sentence, regime_tables, scatter_plot
 from .runs import Job, execute, teacher_checkpoint
 
 
@@ -234,9 +234,7 @@ def summary_lines(summaries: list[dict], table: dict, quick: bool, meta: dict) -
         "record every metric after every epoch, and bench/schedulers.py replays TPE (Optuna's own sampler) with "
         "Ray Tune's ASHA rule, or Hyperband, over those curves one trial at a time; the former default search was TPE + "
         "ASHA grace 1 on `score_ce` with a 25 % trial budget. Student rules at 10/25/50 % read a student trained "
-        "with its own complete cosine schedule over that budget; the package's default selection rule "
-        "(daq_search/selection.py) is the one recommended here when the committed results were written: val "
-        "accuracy after 10 % of the final epochs, no early stopping.",
+        "with its own complete cosine schedule over that budget. " + recommendation_sentence(table),
         "",
     ]
     for s in passing(summaries):

@@ -87,16 +87,44 @@ def goodness(values: np.ndarray, mode: str) -> np.ndarray:
     return values if mode == "max" else -values
 
 
+TIE_TOLERANCE = 1e-12
+"""Values closer than this (in the rule's own units) are a tie."""
+
+
+def pick(good: np.ndarray, secondary: np.ndarray | None = None, seed: int = 0) -> int:
+    """Index of the candidate a rule picks: the largest ``good`` (larger means predicted better).
+
+    Ties (values within :data:`TIE_TOLERANCE` of the largest) are broken by a rule that ignores where a candidate
+    sits in the list, so that no candidate is favoured by being listed first (every regime lists ``none`` first,
+    and a plain argmax gave it every tie): first the larger ``secondary`` (larger is better too, e.g. minus the
+    validation loss), when given; among candidates still tied, a uniformly random one drawn with ``seed``.
+    """
+    good = np.asarray(good, float)
+    tied = np.flatnonzero(good >= good.max() - TIE_TOLERANCE)
+    if secondary is not None and len(tied) > 1:
+        second = np.asarray(secondary, float)[tied]
+        tied = tied[second >= second.max() - TIE_TOLERANCE]
+    if len(tied) == 1:
+        return int(tied[0])
+    return int(np.random.default_rng(seed).choice(tied))
+
+
 def agreement(
-    values: np.ndarray, mode: str, top1: np.ndarray, n_boot: int = 1000, rng: np.random.Generator | None = None
+    values: np.ndarray,
+    mode: str,
+    top1: np.ndarray,
+    n_boot: int = 1000,
+    rng: np.random.Generator | None = None,
+    tiebreak: np.ndarray | None = None,
 ) -> RuleAgreement:
     """Agreement of a rule's per-candidate ``values`` (better in direction ``mode``) with ground truth ``top1``
-    [candidates, seeds]; the interval resamples seed columns with replacement ``n_boot`` times."""
+    [candidates, seeds]; the interval resamples seed columns with replacement ``n_boot`` times. The pick is
+    :func:`pick`'s, ``tiebreak`` its secondary values (larger is better)."""
     rng = rng or np.random.default_rng(0)
     top1 = np.asarray(top1, float)
     good = goodness(values, mode)
     truth = top1.mean(1)
-    pick = int(np.argmax(good))
+    chosen = pick(good, tiebreak)
     rhos, taus = [], []
     for _ in range(n_boot):
         cols = rng.integers(0, top1.shape[1], top1.shape[1])
@@ -108,8 +136,8 @@ def agreement(
         rho_ci=(float(np.percentile(rhos, 2.5)), float(np.percentile(rhos, 97.5))),
         tau=kendall(good, truth),
         tau_ci=(float(np.percentile(taus, 2.5)), float(np.percentile(taus, 97.5))),
-        pick=pick,
-        regret=float(truth.max() - truth[pick]),
+        pick=chosen,
+        regret=float(truth.max() - truth[chosen]),
     )
 
 
@@ -126,16 +154,17 @@ class SweepAgreement:
 
 
 def one_seed_sweep(top1: np.ndarray) -> SweepAgreement:
-    """Leave-one-seed-out agreement of a single-seed sweep with the mean of the remaining seeds."""
+    """Leave-one-seed-out agreement of a single-seed sweep with the mean of the remaining seeds; seed column s picks
+    by :func:`pick` (ties drawn with seed s)."""
     top1 = np.asarray(top1, float)
     rhos, taus, regrets, picks = [], [], [], []
     for s in range(top1.shape[1]):
         rest = np.delete(top1, s, axis=1).mean(1)
         rhos.append(spearman(top1[:, s], rest))
         taus.append(kendall(top1[:, s], rest))
-        pick = int(np.argmax(top1[:, s]))
-        picks.append(pick)
-        regrets.append(float(rest.max() - rest[pick]))
+        chosen = pick(top1[:, s], seed=s)
+        picks.append(chosen)
+        regrets.append(float(rest.max() - rest[chosen]))
     return SweepAgreement(
         float(np.mean(rhos)), (min(rhos), max(rhos)), float(np.mean(taus)), float(np.mean(regrets)), tuple(picks)
     )

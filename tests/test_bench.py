@@ -21,10 +21,20 @@ from bench.analysis import (
 )
 from bench.planted import Nuisance, apply_nuisance
 from bench.regimes import build_regime
-from bench.run import main
+from bench.report import recommendation_sentence
+from bench.run import main, summary_lines
 from bench.runs import READ_FIELDS, Job
 from bench.schedulers import AshaBracket, replay_hyperband, replay_tpe_asha
-from bench.stats import agreement, balanced_splits, kendall, noise_gate, one_seed_sweep, random_pick_regret, spearman
+from bench.stats import (
+    agreement,
+    balanced_splits,
+    kendall,
+    noise_gate,
+    one_seed_sweep,
+    pick,
+    random_pick_regret,
+    spearman,
+)
 from daq_search.data import TensorImageDataset
 
 
@@ -73,6 +83,20 @@ def test_agreement_sign_corrects_and_measures_regret():
     assert sweep.rho == pytest.approx(1.0) and sweep.regret == 0.0
 
 
+def test_a_tie_is_not_given_to_the_first_listed_candidate():
+    good = np.array([0.6, 0.6, 0.4])  # none (listed first) ties with a strong candidate
+    assert int(np.argmax(good)) == 0  # what a plain argmax picked
+    assert pick(good, secondary=np.array([-0.9, -0.7, -0.1])) == 1  # the lower validation loss of the tied two
+    assert pick(good, secondary=np.array([-0.7, -0.9, -0.1])) == 0
+    draws = [pick(good, seed=seed) for seed in range(40)]  # no secondary: a seeded draw among the tied
+    assert set(draws) == {0, 1} and draws == [pick(good, seed=seed) for seed in range(40)]
+    assert pick(good, secondary=np.array([-0.5, -0.5, 0.0]), seed=3) == pick(good, seed=3)  # still tied: the draw
+    assert pick(np.array([0.6, 0.6 + 1e-9, 0.4]), seed=0) == 1  # a real difference is no tie
+    top1 = np.array([[0.70, 0.70], [0.80, 0.80], [0.60, 0.60]])
+    tied = agreement(np.array([0.5, 0.5, 0.1]), "max", top1, n_boot=5, tiebreak=np.array([-2.0, -1.0, 0.0]))
+    assert tied.pick == 1 and tied.regret == 0.0  # argmax would have picked none: regret 0.1
+
+
 def test_asha_bracket_follows_ray_rungs_and_cutoffs():
     bracket = AshaBracket(grace=1, max_t=8, reduction_factor=2)
     assert [milestone for milestone, _ in bracket.rungs] == [8, 4, 2, 1]
@@ -104,8 +128,12 @@ def test_replays_count_epochs_and_pick_by_the_package_rule():
     )
     candidates = ("none", "trivialaugment", "none+cutmix(alpha=1.0)")
     asha = replay_tpe_asha(curves, candidates, "score_ce", "min", grace=1, num_samples=3)
-    assert asha.trials == 3 and 3 <= asha.epochs_trained <= 12
-    assert asha.seconds == pytest.approx(1.5 * asha.epochs_trained)
+    # TPE seed 0 draws (its start-up trials are random) trivialaugment, cutmix, cutmix. Rungs at 1, 2 and 4 epochs:
+    # trivialaugment is first at every rung and trains all 4; each cutmix trial scores 3.0 at epoch 1, worse than
+    # the rung's median so far (2.0, then 2.5), and stops there: 4 + 1 + 1 epochs
+    assert asha.candidates_tried == ("none+cutmix(alpha=1.0)", "trivialaugment")
+    assert asha.trials == 3 and asha.epochs_trained == 6 and asha.winner == "trivialaugment"
+    assert asha.seconds == pytest.approx(1.5 * 6)
     band = replay_hyperband(curves, candidates, "score_ce", "min", eta=3, seed=0)
     # R = 4, eta 3: s_max 1; bracket 1: 3 configs at round(4/3) = 1 epoch, the best 1 continues to 4 (+3);
     # bracket 0: 2 configs at 4 epochs
@@ -147,6 +175,35 @@ def test_cross_regime_names_the_cheap_rule_with_lowest_worst_case_regret():
     assert rows["steady"]["worst_regret_pp"] == 1.5 and rows["steady"]["max_cost_fraction"] == 0.25
     assert table["recommended"] == "steady"  # cheap's worst is 2.0; dear costs a whole sweep; random is excluded
     assert cross_regime([summary("c", False, [("cheap", 9.0, 0.1)])])["recommended"] is None
+
+
+def test_summary_states_the_rule_its_results_recommend():
+    row = {
+        "rule": "steady",
+        "per_regime": {
+            name: {"rho": 0.5, "regret_pp": regret, "cost_fraction": 0.25, "pick": "x"}
+            for name, regret in (("a", 0.0), ("b", 1.5))
+        },
+        "worst_regret_pp": 1.5,
+        "mean_regret_pp": 0.75,
+        "max_cost_fraction": 0.25,
+        "in_every_passing_regime": True,
+    }
+    table = {"passing_regimes": ["a", "b"], "rules": [row], "cost_limit": 0.3, "recommended": "steady"}
+    expected = (
+        "The rule recommended by these results is steady: worst-case regret 1.50 pp (0 in 1 of the 2 passing "
+        "regimes), at most 0.25 of a full sweep's compute."
+    )
+    assert recommendation_sentence(table) == expected
+    meta = {"device": "cpu", "jobs": 1, "wall_seconds": 60.0, "cut_short": False}
+    assert any(expected in line for line in summary_lines([], table, False, meta))
+    assert recommendation_sentence({**table, "recommended": None}) == (
+        "No rule is recommended: none costing at most 30% of a full sweep is judged on every one of the 2 passing "
+        "regimes."
+    )
+    assert recommendation_sentence({**table, "passing_regimes": [], "recommended": None}) == (
+        "No rule is recommended: no regime passes the noise gate."
+    )
 
 
 def _run(epochs: int, **read) -> dict:
@@ -266,9 +323,10 @@ def test_quick_benchmark_writes_its_outputs_whatever_the_gate_and_resumes_exactl
         good = np.array(rule["values"]) * (1 if rule["mode"] == "max" else -1)
         expected = scipy.stats.spearmanr(good, truth).statistic if np.ptp(good) and np.ptp(truth) else 0.0
         assert rule["rho"] == pytest.approx(expected)
-        pick = regime["candidates"][int(np.argmax(good))]
-        assert rule["pick"] == pick
-        assert rule["regret_pp"] == pytest.approx(100 * (truth.max() - truth[regime["candidates"].index(pick)]))
+        tiebreak = None if rule["tiebreak"] is None else np.array(rule["tiebreak"])
+        picked = regime["candidates"][pick(good, tiebreak)]
+        assert rule["pick"] == picked
+        assert rule["regret_pp"] == pytest.approx(100 * (truth.max() - truth[regime["candidates"].index(picked)]))
     shipped = [r for r in regime["rules"] if "(former default)" in r["rule"]]
     assert len(shipped) == 1 and shipped[0]["pick"] in regime["candidates"]
     assert rules["1-seed full sweep (leave-one-out)"]["cost_fraction"] == 1.0
