@@ -26,7 +26,7 @@ class _Interrupted(Exception):
 
 
 def _search(args: argparse.Namespace) -> int:
-    from .results import TRIALS_FILE, best_trial, rank_column
+    from .results import TRIALS_FILE, best_trial, rank_column, runner_up_note
     from .runtime import check_address
     from .search import plan_search, run_search, top_table
     from .selection import describe_rule
@@ -54,11 +54,14 @@ def _search(args: argparse.Namespace) -> int:
     )
     print(f"winner: {outcome.winner_file}")
     print(f"train it with: daq-search train {outcome.winner_file}")
+    note = runner_up_note(outcome.trials, job.objective, job.mode)
+    if note is not None:
+        print(f"note: {note}")
     return 0
 
 
 def _results(args: argparse.Namespace) -> int:
-    from .results import format_calibration, format_table, plot_run, read_calibration, read_trials, sort_trials
+    from .results import format_calibration, format_table, read_calibration, read_trials, sort_trials
 
     trials = read_trials(args.run_dir)
     calibration = read_calibration(args.run_dir)
@@ -71,7 +74,10 @@ def _results(args: argparse.Namespace) -> int:
         trials = trials.head(args.top)
     sys.stdout.write(format_table(trials, args.format))
     if args.plot is not None:
-        print(f"wrote {plot_run(args.run_dir, args.plot)}", file=sys.stderr)
+        from .plots import plot_results
+
+        for path in plot_results(args.run_dir, args.plot):
+            print(f"wrote {path}", file=sys.stderr)
     return 0
 
 
@@ -164,7 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument("--status", choices=STATUSES, help="show only trials with this status")
     results.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
     results.add_argument(
-        "--plot", type=Path, metavar="FILE.png", help="also draw the run's objective per epoch and against accuracy"
+        "--plot",
+        type=Path,
+        metavar="FILE.png",
+        help="also draw each candidate's selection value and the top 3's curves (and, after a final training, "
+        "FILE-final.png: winner vs baseline)",
     )
     results.set_defaults(func=_results)
 

@@ -1,5 +1,6 @@
 """A search's results as open tables: ``RUN_DIR/trials.parquet`` (one row per trial) and
-``RUN_DIR/trial_epochs.parquet`` (one row per reported epoch), plus reading, formatting and plotting them.
+``RUN_DIR/trial_epochs.parquet`` (one row per reported epoch), plus reading and formatting them (plots:
+:mod:`daq_search.plots`).
 
 The tables are written while the search runs (:class:`TrialTable`, driven by the search's Tune callback); every
 write goes to a temporary file that then replaces the old one, so a killed run keeps every row written so far and a
@@ -412,56 +413,3 @@ def format_calibration(df: pd.DataFrame, fmt: str = "table") -> str:
         verdict = f"kept the job's objective: {df.attrs.get('fallback') or 'no rule chosen'}"
     head = f"calibration: anchors' final val_acc: {accs}; {verdict}\n"
     return head + format_table(calibration_rules_view(df), fmt) + "\n"
-
-
-STATUS_COLOURS = {"completed": "tab:blue", "pruned": "tab:orange", "failed": "tab:red", "running": "tab:gray"}
-
-
-def plot_metric(trials: pd.DataFrame, metric: str | None = None) -> str:
-    """The metric a plot of a run draws: ``metric`` when given, else the objective the run was searched by (from
-    the files' metadata), else ``score`` for files written without one."""
-    chosen = metric or trials.attrs.get("objective") or "score"
-    if chosen not in REPORTED_METRICS:
-        raise DaqSearchError(f"--plot: unknown metric {chosen!r}; allowed: {', '.join(REPORTED_METRICS)}")
-    return chosen
-
-
-def plot_run(run_dir: str | Path, out_png: str | Path, metric: str | None = None) -> Path:
-    """A PNG of a run: left, each trial's ``metric`` per epoch (pruned trials end early with an x); right,
-    ``metric`` (best over epochs) against validation accuracy (best), coloured by status. ``metric`` defaults to the
-    run's objective (:func:`plot_metric`). Returns the path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    trials, epochs = read_trials(run_dir), read_epochs(run_dir)
-    metric = plot_metric(trials, metric)
-    status = dict(zip(trials["trial_id"], trials["status"], strict=False))
-    fig, (curves, scatter) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for trial_id, group in epochs.groupby("trial_id", sort=True):
-        group = group.sort_values("epoch")
-        colour = STATUS_COLOURS.get(status.get(trial_id), "tab:gray")
-        curves.plot(group["epoch"], group[metric], color=colour, alpha=0.8, marker=".")
-        if status.get(trial_id) == "pruned":
-            curves.plot(group["epoch"].iloc[-1], group[metric].iloc[-1], color=colour, marker="x", markersize=9)
-    curves.xaxis.set_major_locator(MaxNLocator(integer=True))
-    curves.set_xlabel("epoch")
-    curves.set_ylabel(metric)
-    curves.set_title(f"{metric} per epoch (x: pruned by ASHA)")
-    for name, colour in STATUS_COLOURS.items():
-        chosen = trials[trials["status"] == name]
-        if len(chosen):
-            label = f"{name} ({len(chosen)})"
-            scatter.scatter(chosen["val_acc_last"], chosen[rank_column(metric)], color=colour, label=label)
-    scatter.set_xlabel("val_acc (last epoch)")
-    scatter.set_ylabel(f"{metric} (last epoch)")
-    scatter.set_title(f"{metric} vs validation accuracy")
-    scatter.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out_png, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
-    plt.close(fig)
-    return out_png

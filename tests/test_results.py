@@ -1,5 +1,5 @@
-"""The results tables: rows and statuses, per-metric last/best, atomic Parquet files that survive a reload, ranking,
-formatting and the plot. No Ray: the table is driven directly."""
+"""The results tables: rows and statuses, per-metric last/best, atomic Parquet files that survive a reload, ranking and
+formatting. No Ray: the table is driven directly."""
 
 import json
 import math
@@ -20,8 +20,6 @@ from daq_search.results import (
     TrialTable,
     best_trial,
     format_table,
-    plot_metric,
-    plot_run,
     rank_column,
     rank_trials,
     read_epochs,
@@ -171,38 +169,6 @@ def test_formats_parse_back(tmp_path):
     assert "FloatingPointError:" in format_table(df, "table")
     with pytest.raises(DaqSearchError, match="--format: unknown format 'xml'"):
         format_table(df, "xml")
-
-
-def test_plot_writes_a_png(tmp_path):
-    filled_run(tmp_path)
-    out = plot_run(tmp_path, tmp_path / "plots" / "run.png")
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
-
-
-def test_plot_draws_the_runs_objective(tmp_path, monkeypatch):
-    import matplotlib.pyplot as plt
-
-    table = TrialTable(tmp_path, max_epochs=2, knob_types=KNOBS, objective="score_ce", mode="min")
-    table.start("a", "none", {"policy": "none", "mix": "none"})
-    for epoch in (1, 2):
-        table.add_epoch("a", epoch, metrics(0.5, 0.6, score_ce=1.0 / epoch))
-    table.end("a")
-    table.write()
-    drawn = []
-    close = plt.close
-    monkeypatch.setattr(plt, "close", lambda fig: (drawn.append(fig), close(fig)))
-    plot_run(tmp_path, tmp_path / "run.png")
-    curves, scatter = drawn[0].axes
-    assert curves.get_ylabel() == "score_ce" and scatter.get_ylabel() == "score_ce (last epoch)"
-    assert list(curves.lines[0].get_ydata()) == [1.0, 0.5]  # the score_ce of each epoch, not the score (0.5)
-    plot_run(tmp_path, tmp_path / "acc.png", metric="val_acc")
-    assert drawn[1].axes[0].get_ylabel() == "val_acc"
-    trials = read_trials(tmp_path)
-    assert plot_metric(trials) == "score_ce"
-    trials.attrs.clear()  # files written without the run's metadata
-    assert plot_metric(trials) == "score"
-    with pytest.raises(DaqSearchError, match=r"--plot: unknown metric 'acc'; allowed: score, "):
-        plot_metric(trials, "acc")
 
 
 def test_missing_files_are_one_line_errors(tmp_path):
