@@ -114,7 +114,7 @@ def plot_run(run_dir: str | Path, out_png: str | Path, metric: str | None = None
         values.legend(loc="best", fontsize=8)
     for _, row in rows.head(TOP_CURVES).iterrows():
         curve = epochs[epochs["trial_id"] == row["trial_id"]].dropna(subset=[metric]).sort_values("epoch")
-        curves.plot(curve["epoch"], curve[metric], marker=".", label=row["candidate"])
+        curves.plot(curve["epoch"], curve[metric], marker="o", markersize=3, label=row["candidate"])
     curves.xaxis.set_major_locator(MaxNLocator(integer=True))
     curves.set_xlabel("epoch")
     curves.set_ylabel(metric)
@@ -142,10 +142,22 @@ def final_title(metrics: dict | None) -> str:
     return title
 
 
+def final_run_label(run: str, group: pd.DataFrame) -> str:
+    """The legend label of one final-training run (its ``epochs.parquet`` rows, sorted by epoch): the candidate of its
+    last epoch, its role (winner, or baseline for ``<name>-baseline``) and, for a run that continued a search trunk
+    (earlier epochs under another candidate), the trunk's candidate and last epoch."""
+    own = group["candidate"].iloc[-1]
+    role = "baseline" if run.endswith(BASELINE_SUFFIX) else "winner"
+    trunk = group[group["candidate"] != own]
+    if trunk.empty:
+        return f"{own} ({role})"
+    return f"{own} ({role}; epochs 1-{int(trunk['epoch'].max())}: trunk {trunk['candidate'].iloc[0]})"
+
+
 def plot_final(final_dir: str | Path, out_png: str | Path) -> Path:
     """A PNG of a final training (``RUN_DIR/final``): validation accuracy (%) per epoch of the winner and of the
-    baseline, each labelled by its candidate (epochs not validated are skipped), titled by :func:`final_title`.
-    Returns the path."""
+    baseline, each labelled by :func:`final_run_label` (epochs not validated are skipped), titled by
+    :func:`final_title`. Returns the path."""
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
 
@@ -155,9 +167,9 @@ def plot_final(final_dir: str | Path, out_png: str | Path) -> Path:
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for run, group in epochs.groupby("run", sort=False):
-        curve = group.dropna(subset=["val_acc"]).sort_values("epoch")
-        role = "baseline" if str(run).endswith(BASELINE_SUFFIX) else "winner"
-        ax.plot(curve["epoch"], 100 * curve["val_acc"], marker=".", label=f"{group['candidate'].iloc[0]} ({role})")
+        group = group.sort_values("epoch")
+        curve = group.dropna(subset=["val_acc"])
+        ax.plot(curve["epoch"], 100 * curve["val_acc"], marker=".", label=final_run_label(str(run), group))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy (%)")

@@ -11,7 +11,15 @@ import pytest
 from PIL import Image
 
 from daq_search.errors import DaqSearchError
-from daq_search.plots import final_plot_path, final_title, plot_metric, plot_results, plot_run, selection_rows
+from daq_search.plots import (
+    final_plot_path,
+    final_run_label,
+    final_title,
+    plot_metric,
+    plot_results,
+    plot_run,
+    selection_rows,
+)
 from daq_search.results import REPORTED_METRICS, TrialTable, read_trials
 
 KNOBS = {"policy": "str", "mix": "str"}
@@ -148,6 +156,15 @@ def test_results_plot_adds_the_final_training_when_there_is_one(tmp_path, monkey
     assert list(final.lines[0].get_xdata()) == [2, 4]  # epochs not validated are skipped
     assert list(final.lines[1].get_ydata()) == pytest.approx([50.0, 70.0])
     assert final.get_title() == "test top-1: trivialaugment 81.23 %, baseline none 70.00 % (+11.23 pp)"
+
+
+def test_a_run_that_continued_the_trunk_is_labelled_by_its_own_candidate():
+    rows = pd.DataFrame(
+        {"epoch": [1, 2, 3, 4], "candidate": ["randaugment(magnitude=9,num_ops=2)"] * 3 + ["trivialaugment"]}
+    )
+    expected = "trivialaugment (winner; epochs 1-3: trunk randaugment(magnitude=9,num_ops=2))"
+    assert final_run_label("final", rows) == expected
+    assert final_run_label("final-baseline", rows.assign(candidate="none")) == "none (baseline)"
 
 
 def test_final_title_without_metrics_or_baseline():
