@@ -22,6 +22,7 @@ Outputs, all under ``RUN_DIR/final/`` (``RUN_DIR/final/<name>/`` for a ``name`` 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -30,6 +31,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -82,6 +84,15 @@ CHECKPOINTS_KEPT = 2
 EVAL_BATCH_SIZE = 512
 EPOCH_COLUMNS = ("run", "epoch", "train_loss", "val_acc", "val_loss", "images_per_s", "lr", "candidate")
 _STATE_KEYS = ("model", "optimizer", "scheduler", "epoch", "epochs", "candidate", "history")
+VALIDATE_EVERY = 10
+"""Rank 0 validates every this many epochs (and always after the last one); other epochs' rows carry NaN
+``val_acc`` and ``val_loss``. (A ``final.validate_every`` field would carry it per job.)"""
+CHECKPOINT_EVERY_S = 60.0
+"""A run checkpoints after the first epoch that ends this many seconds or more after its start or its last
+checkpoint, and always after its last epoch, so an interruption loses at most this long plus one epoch of
+training. (A ``final.checkpoint_every_s`` field would carry it per job.)"""
+PROGRESS_LINES = 10
+"""Terminal progress lines per run: one after every tenth of the epochs it trains (and after its last epoch)."""
 
 
 def resolve_winner_file(spec_path: str | Path) -> Path:
@@ -172,22 +183,24 @@ def run_final(
     check_address(address)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    outcomes, artifact = {}, None
     num_cpus = max(os.cpu_count() or 1, math.ceil(workers * job.final.cpus_per_worker)) if address is None else None
     with ray_session(address, num_cpus=num_cpus), routed_worker_logs(out_dir / RAY_LOG_FILE):
+        together = _fits_together(len(runs), workers, job.final.cpus_per_worker, use_gpu)
+        fits = []
         for run_name, run_candidate in runs:
+            reuse = _reuse_state(job, run_name == name, run_candidate, epochs)
             logger.info(f"{run_name}: training {run_candidate} for {epochs} epochs on {workers} worker(s)")
-            run_start = time.perf_counter()
-            reuse = _anchor_checkpoint(job, run_candidate, epochs)
             if reuse is not None:
-                logger.info(f"{run_name}: continuing from the calibration anchor's full training in {reuse}")
-            outcome, checkpoint = _fit(job, run_candidate, epochs, workers, use_gpu, storage, run_name, reuse)
-            outcome["wall_s"] = time.perf_counter() - run_start
-            outcomes[run_name] = outcome
-            if run_name == name:
-                artifact = checkpoint
+                logger.info(f"{run_name}: starts from the {reuse['source']}'s state in {reuse['folder']} "
+                            "(unless it has a checkpoint of its own)")  # fmt: skip
+            fits.append(functools.partial(_fit, job, run_candidate, epochs, workers, use_gpu, storage, run_name, reuse))
+        if together:
+            logger.info(f"the {len(runs)} runs train at the same time (the cluster has the CPUs for both)")
+        results = _run_all(fits, together)
+    outcomes = {run_name: outcome for (run_name, _), (outcome, _) in zip(runs, results, strict=True)}
+    artifact = results[0][1]
 
-    metrics = _summarise(job, name, candidate, baseline_id, outcomes, epochs, workers, use_gpu, storage)
+    metrics = _summarise(job, name, candidate, baseline_id, outcomes, workers, use_gpu, storage, together)
     metrics["wall_s"] = time.perf_counter() - start
     rows = [dict(row, run=run_name) for run_name, outcome in outcomes.items() for row in outcome["history"]]
     with artifact.as_directory() as folder:
@@ -273,6 +286,67 @@ def _anchor_checkpoint(job: JobSpec, candidate: str, epochs: int) -> str | None:
     return folder if (Path(folder) / STATE_FILE).is_file() else None
 
 
+def _trunk_checkpoint(job: JobSpec, epochs: int) -> str | None:
+    """The folder of the search trunk's state that a winner continues (``branch.checkpoint``, written by a
+    branching search: the trunk trained to its branch epoch of the final schedule), or None when the job names
+    none, the folder holds no state, or that state's schedule is not ``epochs`` epochs long."""
+    folder = getattr(getattr(job, "branch", None), "checkpoint", None)
+    if folder is None or not (Path(folder) / STATE_FILE).is_file():
+        return None
+    state = load_state(Path(folder) / STATE_FILE, "branch.checkpoint")
+    if not isinstance(state, dict) or state.get("epochs") != epochs:
+        logger.info(f"branch.checkpoint: {folder} is a trunk of another schedule than {epochs} epochs; not continued")
+        return None
+    return folder
+
+
+def _reuse_state(job: JobSpec, winner: bool, candidate: str, epochs: int) -> dict | None:
+    """``{"folder", "source"}`` of the state a run of ``candidate`` over ``epochs`` epochs starts from when it has
+    no checkpoint of its own: for the winner run the search trunk's (:func:`_trunk_checkpoint`), else (or
+    without one) a calibration anchor's full training of ``candidate`` (:func:`_anchor_checkpoint`); or None."""
+    trunk = _trunk_checkpoint(job, epochs) if winner else None
+    if trunk is not None:
+        return {"folder": trunk, "source": "search trunk"}
+    anchor = _anchor_checkpoint(job, candidate, epochs)
+    return None if anchor is None else {"folder": anchor, "source": "calibration anchor"}
+
+
+def _fits_together(runs: int, workers: int, cpus_per_worker: float, use_gpu: bool) -> bool:
+    """Whether ``runs`` Ray Train runs of ``workers`` workers each fit on the cluster at the same time: it has
+    their CPUs (and GPUs) for all of them at once."""
+    import ray
+
+    resources = ray.cluster_resources()
+    cpus_ok = resources.get("CPU", 0) >= runs * workers * cpus_per_worker
+    return runs > 1 and cpus_ok and (not use_gpu or resources.get("GPU", 0) >= runs * workers)
+
+
+def _run_all(fits: list, together: bool) -> list:
+    """The results of calling each of ``fits``: one after the other, or ``together`` in one thread each (a Ray
+    Train run's driver side only waits for its controller actor). The first failure is raised as soon as it
+    happens; the other runs stop when Ray shuts down."""
+    if not together:
+        return [fit() for fit in fits]
+    results: dict[int, Any] = {}
+    errors: list[BaseException] = []
+    done = threading.Semaphore(0)
+
+    def call(index: int) -> None:
+        try:
+            results[index] = fits[index]()
+        except BaseException as err:  # handed to the main thread, which raises it
+            errors.append(err)
+        done.release()
+
+    for index in range(len(fits)):
+        threading.Thread(target=call, args=(index,), name=f"fit-{index}", daemon=True).start()
+    for _ in fits:
+        done.acquire()
+        if errors:
+            raise errors[0]
+    return [results[index] for index in range(len(fits))]
+
+
 def _fit(
     job: JobSpec,
     candidate: str,
@@ -281,16 +355,28 @@ def _fit(
     use_gpu: bool,
     storage: str,
     run_name: str,
-    reuse: str | None = None,
+    reuse: dict | None = None,
 ) -> tuple[dict, Any]:
-    """One Ray Train run; returns the rank-0 worker's return value and the last checkpoint. ``reuse`` is a
-    checkpoint folder the run starts from when it has no checkpoint of its own (a calibration anchor's training)."""
+    """One Ray Train run; returns the rank-0 worker's return value (with the run's wall seconds, ``restarts`` and
+    ``restored_from_epochs``: the epoch each restart after a worker or node loss continued after) and the last
+    checkpoint. ``reuse`` is ``{"folder", "source"}`` of a start state for a run with no checkpoint of its own."""
+    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    start = time.perf_counter()
+    attempts = ray.remote(num_cpus=0)(Attempts).remote()
+    config = {
+        "job": job.model_copy(update={"candidate": candidate}),
+        "epochs": epochs,
+        "reuse": reuse,
+        "validate_every": VALIDATE_EVERY,
+        "checkpoint_every_s": CHECKPOINT_EVERY_S,
+        "attempts": attempts,
+    }
     trainer = TorchTrainer(
         train_fn_per_worker,
-        train_loop_config={"job": job.model_copy(update={"candidate": candidate}), "epochs": epochs, "reuse": reuse},
+        train_loop_config=config,
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": job.final.cpus_per_worker}
@@ -299,7 +385,7 @@ def _fit(
             storage_path=storage,
             name=run_name,
             checkpoint_config=CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
-            failure_config=FailureConfig(max_failures=0),
+            failure_config=FailureConfig(max_failures=job.max_failures),
         ),
     )
     try:
@@ -309,7 +395,10 @@ def _fit(
         if user_error is not None:
             raise DaqSearchError(str(user_error)) from None
         raise
-    return result.return_value, result.checkpoint
+    starts = ray.get(attempts.get.remote())
+    ray.kill(attempts)
+    outcome = dict(result.return_value, wall_s=time.perf_counter() - start)
+    return outcome | {"restarts": len(starts) - 1, "restored_from_epochs": starts[1:]}, result.checkpoint
 
 
 def _find_user_error(err: BaseException) -> DaqSearchError | None:
@@ -324,12 +413,13 @@ def _summarise(
     candidate: str,
     baseline_id: str | None,
     outcomes: dict,
-    epochs: int,
     workers: int,
     use_gpu: bool,
     storage: str,
+    together: bool,
 ) -> dict:
-    """The metrics.json dict of the winner run and, when run, its baseline."""
+    """The metrics.json dict of the winner run and, when run, its baseline (``together``: the two trained at the
+    same time)."""
     winner = outcomes[name]
     metrics = {
         "name": name,
@@ -347,6 +437,12 @@ def _summarise(
         "teacher_test_loss": winner["teacher_test_loss"],
         "val_acc": winner["history"][-1]["val_acc"] if winner["history"] else None,
         "resumed_from_epoch": winner["resumed_from_epoch"],
+        "continued_from": winner["continued_from"],
+        "restarts": winner["restarts"],
+        "restored_from_epochs": winner["restored_from_epochs"],
+        "validate_every": VALIDATE_EVERY,
+        "checkpoint_every_s": CHECKPOINT_EVERY_S,
+        "runs_together": together,
         "replica_checksums": winner["replica_checksums"],
         "device": winner["device"],
         "backend": winner["backend"],
@@ -368,6 +464,9 @@ def _summarise(
             "val_acc": other["history"][-1]["val_acc"] if other["history"] else None,
             "epochs": other["epochs_done"],
             "resumed_from_epoch": other["resumed_from_epoch"],
+            "continued_from": other["continued_from"],
+            "restarts": other["restarts"],
+            "restored_from_epochs": other["restored_from_epochs"],
             "train_wall_s": other["wall_s"],
         }
         metrics["difference_pp"] = 100.0 * (winner["test_acc"] - other["test_acc"])
@@ -396,12 +495,17 @@ def _summary_lines(metrics: dict) -> list[str]:
 
 
 def train_fn_per_worker(config: dict) -> dict:
-    """One DDP worker of the final training; rank 0 evaluates, checkpoints every epoch and returns the summary.
+    """One DDP worker of the final training; rank 0 validates, checkpoints and returns the summary.
 
-    ``config``: ``{"job": JobSpec with candidate set, "epochs": total epochs, "reuse": a checkpoint folder to start
-    from when the run has none of its own, or None}``. Returns (on every rank; Ray keeps
-    rank 0's) ``{"history": [epoch rows], "epochs_done", "resumed_from_epoch", "replica_checksums", "test_acc",
-    "test_loss", "teacher_test_acc", "teacher_test_loss"}``.
+    ``config``: ``{"job": JobSpec with candidate set, "epochs": total epochs, "reuse": {"folder", "source"} of a
+    start state for a run with no checkpoint of its own (a search trunk's or a calibration anchor's), or None,
+    "validate_every": epochs, "checkpoint_every_s": seconds, "attempts": an :class:`Attempts` actor or None}``.
+    Every epoch's row goes to the history; rank 0 validates every ``validate_every`` epochs and after the last,
+    and the run reports to Ray Train only after a validation or a checkpoint (a checkpoint when
+    ``checkpoint_every_s`` have passed since the last one, and after the last epoch). Per-epoch lines go to
+    standard error (the run's log file), a progress line with an ETA every tenth of the run to standard output.
+    Returns (on every rank; Ray keeps rank 0's) ``{"history": [epoch rows], "epochs_done", "resumed_from_epoch",
+    "continued_from", "replica_checksums", "test_acc", "test_loss", "teacher_test_acc", "teacher_test_loss"}``.
     """
     import ray.train
     import ray.train.torch
@@ -429,23 +533,35 @@ def train_fn_per_worker(config: dict) -> dict:
     student = place(build_student(job.student, job.quant, bundle, teacher, seed), device)
     place(teacher, device)
     sampler, loader = _shard_loader(bundle, candidate, recipe.batch_size, seed, rank, world, workers, device)
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None and config.get("reuse") is not None:
-        checkpoint = ray.train.Checkpoint.from_directory(config["reuse"])
-    saved = _load_saved_state(checkpoint, job.candidate, run_name)
+    saved, origin = _start_state(ray.train.get_checkpoint(), config.get("reuse"), job.candidate, run_name)
     if saved is not None:
         _load_model_state(student, saved["model"], run_name)
     model = ray.train.torch.prepare_model(student)
     optimizer = make_optimizer(student.parameters(), recipe)
     scheduler = make_scheduler(optimizer, recipe, len(loader))
-    start_epoch, history, state = 0, [], saved
+    start_epoch, history = 0, []
     if saved is not None:
         optimizer.load_state_dict(saved["optimizer"])
         _resume_schedule(scheduler, optimizer, saved["scheduler"], saved["epoch"] * len(loader))
         start_epoch, history = saved["epoch"], list(saved["history"])
+    if rank == 0 and config.get("attempts") is not None:
+        ray.get(config["attempts"].add.remote(start_epoch))
     mix = build_batch_mix(candidate, bundle.num_classes)
     val = eval_loader(bundle.val, bundle, EVAL_BATCH_SIZE)
 
+    def state(epoch: int) -> dict:
+        return {
+            "model": student.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "epoch": epoch,
+            "epochs": epochs,
+            "candidate": job.candidate,
+            "history": history,
+            "origin": origin,
+        }
+
+    loop_start = last_checkpoint = time.perf_counter()
     for epoch in range(start_epoch + 1, epochs + 1):
         loader.sampler.set_epoch(epoch)
         torch.manual_seed(seed * 1_000_000 + epoch * 1_000 + rank)
@@ -461,48 +577,113 @@ def train_fn_per_worker(config: dict) -> dict:
             device=device,
             precision=recipe.precision,
         )
-        loss, images_per_s = _aggregate(stats.loss, stats.images, stats.seconds, device)
-        val_acc, val_loss = evaluate(student, val, device) if rank == 0 else (math.nan, math.nan)
-        history.append(
-            {
-                "epoch": epoch,
-                "train_loss": loss,
-                "val_acc": val_acc,
-                "val_loss": val_loss,
-                "images_per_s": images_per_s,
-                "lr": lr,
-                "candidate": job.candidate,
-            }
-        )
-        if rank == 0:  # sys.stdout.write, not print: Ray Train's patched print would show the line twice
-            sys.stdout.write(
-                f"{run_name} epoch {epoch}/{epochs}: loss {loss:.4f}, val acc {val_acc:.4f}, "
-                f"{images_per_s:.0f} img/s over {world} worker(s)\n"
-            )
-            sys.stdout.flush()
-        state = {
-            "model": student.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
+        checkpoint_now = epoch == epochs or time.perf_counter() - last_checkpoint >= config["checkpoint_every_s"]
+        loss, images_per_s, checkpoint_now = _aggregate(stats.loss, stats.images, stats.seconds, checkpoint_now, device)
+        validate = validation_due(epoch, epochs, config["validate_every"])
+        val_acc, val_loss = evaluate(student, val, device) if validate and rank == 0 else (math.nan, math.nan)
+        row = {
             "epoch": epoch,
-            "epochs": epochs,
+            "train_loss": loss,
+            "val_acc": val_acc,
+            "val_loss": val_loss,
+            "images_per_s": images_per_s,
+            "lr": lr,
             "candidate": job.candidate,
-            "history": history,
         }
-        if epoch < epochs:
-            _report(history[-1], state, None, rank)
+        history.append(row)
+        if rank == 0:
+            _write_line(sys.stderr, epoch_line(run_name, row, epochs, world))
+            if progress_due(epoch, start_epoch, epochs):
+                _write_line(
+                    sys.stdout,
+                    progress_line(run_name, row, epochs, epoch - start_epoch, time.perf_counter() - loop_start),
+                )
+        if epoch < epochs and (checkpoint_now or validate):
+            _report(row, state(epoch) if checkpoint_now else None, None, rank)
+        if checkpoint_now:
+            last_checkpoint = time.perf_counter()
 
     summary = _final_summary(bundle, student, teacher, device, rank)
-    _report(dict(history[-1], **summary), state, _artifact(job, bundle, student), rank)
+    done = max(start_epoch, epochs)
+    _report(dict(history[-1], **summary), state(done), _artifact(job, bundle, student), rank)
     return {
         "history": history,
-        "epochs_done": max(start_epoch, epochs),
+        "epochs_done": done,
         "resumed_from_epoch": start_epoch,
+        "continued_from": origin,
         "replica_checksums": _gather(_parameter_checksum(student), device, world),
         "device": str(next(student.parameters()).device),
         "backend": _backend(),
         **summary,
     }
+
+
+def validation_due(epoch: int, epochs: int, every: int) -> bool:
+    """Whether epoch ``epoch`` (1-based) of ``epochs`` is validated: every ``every``-th epoch and the last."""
+    return epoch == epochs or epoch % every == 0
+
+
+def progress_due(epoch: int, start_epoch: int, epochs: int) -> bool:
+    """Whether epoch ``epoch`` of a run that trains epochs ``start_epoch + 1 .. epochs`` prints a progress line:
+    after every :data:`PROGRESS_LINES`-th part of those epochs (rounded up to whole epochs) and after the last."""
+    step = max(1, math.ceil((epochs - start_epoch) / PROGRESS_LINES))
+    return epoch == epochs or (epoch - start_epoch) % step == 0
+
+
+def eta_seconds(trained: int, remaining: int, elapsed_s: float) -> float:
+    """Seconds left for ``remaining`` epochs at the mean pace of the ``trained`` epochs that took ``elapsed_s``."""
+    return elapsed_s / max(trained, 1) * remaining
+
+
+def _duration(seconds: float) -> str:
+    """``seconds`` as ``1h02m``, ``3m05s`` or ``42s``."""
+    seconds = round(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def progress_line(run_name: str, row: dict, epochs: int, trained: int, elapsed: float) -> str:
+    """The terminal's progress line after ``row``'s epoch, the ``trained``-th this attempt trained in ``elapsed``
+    wall seconds: the epoch reached, train loss, val accuracy when validated, seconds per epoch (validation and
+    checkpoints included) and the ETA of the run's remaining epochs."""
+    val = "" if math.isnan(row["val_acc"]) else f", val acc {row['val_acc']:.4f}"
+    eta = eta_seconds(trained, epochs - row["epoch"], elapsed)
+    return (
+        f"{run_name} epoch {row['epoch']}/{epochs} ({100 * row['epoch'] / epochs:.0f} %): loss "
+        f"{row['train_loss']:.4f}{val}, {elapsed / max(trained, 1):.2f} s/epoch, ETA {_duration(eta)}"
+    )
+
+
+def epoch_line(run_name: str, row: dict, epochs: int, world: int) -> str:
+    """The log file's line of one epoch: train loss, val accuracy (``-`` when not validated) and throughput."""
+    val = "-" if math.isnan(row["val_acc"]) else f"{row['val_acc']:.4f}"
+    return (
+        f"{run_name} epoch {row['epoch']}/{epochs}: loss {row['train_loss']:.4f}, val acc {val}, "
+        f"{row['images_per_s']:.0f} img/s over {world} worker(s)"
+    )
+
+
+def _write_line(stream, line: str) -> None:
+    """Write one line and flush (not print: Ray Train's patched print would show a line twice)."""
+    stream.write(line + "\n")
+    stream.flush()
+
+
+class Attempts:
+    """The epoch each attempt of one Ray Train run started after (0: from scratch), in order: the first attempt's,
+    then one per restart after a worker or node loss (Ray Train restores the last checkpoint)."""
+
+    def __init__(self) -> None:
+        self.epochs: list[int] = []
+
+    def add(self, epoch: int) -> None:
+        """Record that an attempt starts after epoch ``epoch``."""
+        self.epochs.append(epoch)
+
+    def get(self) -> list[int]:
+        """Every attempt's start epoch, in order."""
+        return self.epochs
 
 
 def _backend() -> str | None:
@@ -539,8 +720,26 @@ def _shard_loader(
     return sampler, loader
 
 
-def _load_saved_state(checkpoint, candidate: str, run_name: str) -> dict | None:
-    """The training state in Ray Train's latest checkpoint of this run, or None for a fresh run."""
+def _start_state(checkpoint, reuse: dict | None, candidate: str, run_name: str) -> tuple[dict | None, dict | None]:
+    """The training state a run starts from and where it came from (``origin``): its own latest checkpoint (which
+    must train ``candidate``; its origin is kept), else the ``reuse`` folder's state (of any candidate: a search
+    trunk's or a calibration anchor's; the origin names its ``source``, ``folder``, ``candidate`` and ``epoch``),
+    else ``(None, None)``: from scratch."""
+    if checkpoint is not None:
+        saved = _load_saved_state(checkpoint, candidate, run_name)
+        return saved, saved.get("origin")
+    if reuse is None:
+        return None, None
+    import ray.train
+
+    saved = _load_saved_state(ray.train.Checkpoint.from_directory(reuse["folder"]), candidate, run_name, own=False)
+    origin = {"source": reuse["source"], "folder": reuse["folder"], "candidate": saved["candidate"]}
+    return saved, origin | {"epoch": saved["epoch"]}
+
+
+def _load_saved_state(checkpoint, candidate: str, run_name: str, own: bool = True) -> dict | None:
+    """The training state in ``checkpoint``, or None for none: the run's own latest checkpoint (``own``: it must
+    train ``candidate``) or a reused start state (of any candidate)."""
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as folder:
@@ -552,7 +751,7 @@ def _load_saved_state(checkpoint, candidate: str, run_name: str) -> dict | None:
             f"checkpoint of run {run_name!r}: {checkpoint.path} lacks {', '.join(missing)}; "
             "start over with another --name"
         )
-    if state["candidate"] != candidate:
+    if own and state["candidate"] != candidate:
         raise DaqSearchError(
             f"checkpoint of run {run_name!r}: it trains {state['candidate']}, this run {candidate}; "
             "use another --name for a different candidate"
@@ -595,11 +794,12 @@ def _all_reduce(values: list[float], device: torch.device, op: str) -> list[floa
     return tensor.tolist()
 
 
-def _aggregate(loss: float, images: int, seconds: float, device: torch.device) -> tuple[float, float]:
-    """Mean loss per image over all workers, and the aggregate throughput (all images / slowest worker's time)."""
+def _aggregate(loss: float, images: int, seconds: float, flag: bool, device: torch.device) -> tuple[float, float, bool]:
+    """Mean loss per image over all workers, the aggregate throughput (all images / slowest worker's time), and
+    whether any worker's ``flag`` is set (so that all take the same decision)."""
     weighted_loss, total_images = _all_reduce([loss * images, float(images)], device, "sum")
-    (slowest,) = _all_reduce([seconds], device, "max")
-    return weighted_loss / max(total_images, 1.0), total_images / max(slowest, 1e-9)
+    slowest, any_flag = _all_reduce([seconds, float(flag)], device, "max")
+    return weighted_loss / max(total_images, 1.0), total_images / max(slowest, 1e-9), any_flag > 0
 
 
 def _parameter_checksum(model: nn.Module) -> float:
@@ -650,11 +850,12 @@ def _artifact(job: JobSpec, bundle: DataBundle, student: nn.Module) -> dict:
     return {"arch": arch, "state": export_int_state(student)}
 
 
-def _report(metrics: dict, state: dict, artifact: dict | None, rank: int) -> None:
-    """``ray.train.report`` on every rank; rank 0 attaches a checkpoint of ``state`` (and the artifact, if any)."""
+def _report(metrics: dict, state: dict | None, artifact: dict | None, rank: int) -> None:
+    """``ray.train.report`` on every rank; with a ``state``, rank 0 attaches a checkpoint of it (and the artifact,
+    if any)."""
     import ray.train
 
-    if rank != 0:
+    if rank != 0 or state is None:
         ray.train.report(metrics, checkpoint=None)
         return
     with tempfile.TemporaryDirectory() as folder:
