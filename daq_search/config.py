@@ -30,7 +30,14 @@ from .files import check_run_name, clip, read_yaml
 from .metric import METRIC_MODES
 from .models import list_models
 from .quant import QUANT_METHODS
-from .selection import DEFAULT_EARLY_STOPPING, DEFAULT_OBJECTIVE, default_trial_epochs
+from .selection import (
+    DEFAULT_BRANCH_AT,
+    DEFAULT_EARLY_STOPPING,
+    DEFAULT_NUM_SAMPLES,
+    DEFAULT_OBJECTIVE,
+    DEFAULT_TRUNK,
+    default_trial_epochs,
+)
 from .spaces import SearchSpace, load_search_space
 
 MAX_EPOCHS = 10_000
@@ -71,6 +78,7 @@ class DataConfig(_Strict):
     val_per_class: StrictInt = Field(10, ge=1)
     seed: StrictInt = 0
     download: bool = False
+    val_pool: Literal["split", "teacher_unused"] = "split"
 
     @field_validator("name")
     @classmethod
@@ -174,7 +182,7 @@ class SearcherConfig(_Strict):
     """Optuna TPE: seed, number of trials, and known-good candidates to evaluate first."""
 
     seed: StrictInt = 0
-    num_samples: StrictInt = Field(12, ge=1, le=MAX_NUM_SAMPLES)
+    num_samples: StrictInt = Field(DEFAULT_NUM_SAMPLES, ge=1, le=MAX_NUM_SAMPLES)
     points_to_evaluate: list[CandidateId] = []
 
 
@@ -185,6 +193,16 @@ class SchedulerConfig(_Strict):
     enabled: bool = DEFAULT_EARLY_STOPPING
     grace_period: StrictInt = Field(1, ge=1)
     reduction_factor: float = Field(2.0, gt=1)
+
+
+class BranchConfig(_Strict):
+    """Late-phase branching, the default selection (:mod:`daq_search.selection`): a trunk student trains under
+    ``trunk`` for ``at`` of ``final.recipe.epochs``, then each trial continues it under its candidate to the end of
+    the schedule. A winner file also names the trunk's state (``checkpoint``), which the final training continues."""
+
+    trunk: CandidateId = DEFAULT_TRUNK
+    at: float = Field(DEFAULT_BRANCH_AT, gt=0, lt=1)
+    checkpoint: str | None = None
 
 
 class ResourcesConfig(_Strict):
@@ -296,6 +314,7 @@ class JobSpec(_Strict):
     candidate: CandidateId | None = None
     calibrate: CalibrateConfig | None = None
     calibration: CalibrationRecord | None = None
+    branch: BranchConfig | None = None
 
     @field_validator("objective")
     @classmethod
@@ -304,16 +323,42 @@ class JobSpec(_Strict):
 
     @model_validator(mode="before")
     @classmethod
-    def _default_trial_is_a_share_of_the_final(cls, data: Any) -> Any:
-        """Without a ``trial`` section, a trial is the final recipe at :func:`default_trial_epochs` of its epochs
-        (each trial then runs a complete schedule of its own)."""
-        if not isinstance(data, dict) or "trial" in data:
+    def _default_selection(cls, data: Any) -> Any:
+        """A job with neither ``trial``, ``branch`` nor ``calibrate`` branches (:class:`BranchConfig` defaults).
+        With ``branch``, a trial is the final recipe (each branch continues the trunk's schedule); without it and
+        without a ``trial`` section, a trial is the final recipe at :func:`default_trial_epochs` of its epochs."""
+        if not isinstance(data, dict):
+            return data
+        if "branch" not in data and "trial" not in data and data.get("calibrate") is None:
+            data = {**data, "branch": {}}
+        if "trial" in data:
             return data
         try:
             recipe = FinalConfig.model_validate(data.get("final", {})).recipe
         except ValidationError:
             return data  # the final section's own error is reported
-        return {**data, "trial": recipe.model_copy(update={"epochs": default_trial_epochs(recipe.epochs)}).model_dump()}
+        if data.get("branch") is None:
+            recipe = recipe.model_copy(update={"epochs": default_trial_epochs(recipe.epochs)})
+        return {**data, "trial": recipe.model_dump()}
+
+    @model_validator(mode="after")
+    def _branches_continue_the_final_recipe(self) -> JobSpec:
+        if self.branch is None:
+            return self
+        if self.trial != self.final.recipe:
+            raise ValueError(
+                "trial: a branching search's trials continue the trunk under final.recipe; allowed: leave trial "
+                "out, or set branch: null for independent trials"
+            )
+        if self.final.recipe.epochs < 2:
+            raise ValueError("branch: needs final.recipe.epochs >= 2 (a trunk and a branch); allowed: branch: null")
+        if self.scheduler.enabled:
+            raise ValueError(
+                "branch: branches are read at their end, not stopped early; allowed: scheduler.enabled: false"
+            )
+        if self.calibrate is not None:
+            raise ValueError("branch: a calibrated search runs independent trials; allowed: branch: null")
+        return self
 
     @model_validator(mode="after")
     def _student_matches_teacher(self) -> JobSpec:
@@ -334,6 +379,16 @@ class JobSpec(_Strict):
             raise ValueError(
                 f"teacher.train_per_class: {wanted} must be at least data.train_per_class "
                 f"({self.data.train_per_class}: all images when unset); allowed: a larger split, or leave it out"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _teacher_unused_needs_a_larger_teacher_split(self) -> JobSpec:
+        wanted, own = self.teacher.train_per_class, self.data.train_per_class
+        if self.data.val_pool == "teacher_unused" and (wanted is None or own is None or wanted <= own):
+            raise ValueError(
+                "data.val_pool: 'teacher_unused' needs teacher.train_per_class larger than data.train_per_class; "
+                "allowed: split"
             )
         return self
 

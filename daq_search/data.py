@@ -16,6 +16,10 @@ Sources:
 The three bundled sets (digits, animals, scenes) have no official test split, so all their images are pooled and split
 per class by a seeded shuffle: a fixed 30 % test pool, then ``val_per_class`` validation images, then the training
 pool. With ``train_per_class`` set, training-pool images left unselected join the test set.
+
+When a teacher trains on a larger split (:func:`load_student_data`), ``val_pool: teacher_unused`` validates the
+student on its own val images plus the teacher split's training images the student does not train on (the student
+never sees them; the test set stays disjoint from both splits).
 """
 
 from __future__ import annotations
@@ -73,6 +77,7 @@ class DataSpec:
     val_per_class: int = 10
     seed: int = 0
     download: bool = False
+    val_pool: str = "split"
 
 
 class ImageDataset(Dataset):
@@ -213,11 +218,40 @@ def load_student_data(spec: DataSpec, teacher_spec: DataSpec) -> DataBundle:
     student = load_data(spec)
     if teacher_spec == spec:
         return student
+    if spec.val_pool == "teacher_unused" and teacher_spec.train_per_class == spec.train_per_class:
+        raise DaqSearchError(
+            "data.val_pool: 'teacher_unused' needs teacher.train_per_class larger than data.train_per_class; "
+            "allowed: split"
+        )
     try:
         teacher = load_data(teacher_spec)
     except DaqSearchError as err:
         raise DaqSearchError(str(err).replace("data.train_per_class", "teacher.train_per_class")) from None
-    return dataclasses.replace(student, test=teacher.test, mean=teacher.mean, std=teacher.std)
+    val = student.val
+    if spec.val_pool == "teacher_unused":
+        val = _joined(student.val, _without(teacher.train, student.train))
+    return dataclasses.replace(student, val=val, test=teacher.test, mean=teacher.mean, std=teacher.std)
+
+
+def _image_keys(dataset: ImageDataset) -> list[Any]:
+    """One hashable key per item that tells its image apart: the file path, or the label and pixel bytes."""
+    if isinstance(dataset, ImageFolderDataset):
+        return list(dataset.paths)
+    return [(int(label), image.numpy().tobytes()) for image, label in zip(dataset.images, dataset.labels, strict=True)]
+
+
+def _without(pool: ImageDataset, taken: ImageDataset) -> ImageDataset:
+    """The images of ``pool`` that are not in ``taken`` (compared by :func:`_image_keys`), in pool order."""
+    excluded = set(_image_keys(taken))
+    return pool.subset([i for i, key in enumerate(_image_keys(pool)) if key not in excluded])
+
+
+def _joined(first: ImageDataset, second: ImageDataset) -> ImageDataset:
+    """``first``'s items followed by ``second``'s (both of one kind: in-memory or files)."""
+    labels = torch.cat([first.labels, second.labels])
+    if isinstance(first, ImageFolderDataset):
+        return ImageFolderDataset(first.paths + second.paths, labels, first.num_classes, first.image_size)
+    return TensorImageDataset(torch.cat([first.images, second.images]), labels, first.num_classes)
 
 
 def stratified_indices(

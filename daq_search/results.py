@@ -50,11 +50,14 @@ REPORTED_METRICS: dict[str, str] = {
     "teacher_sample_ce": "min",
     "t_stddev": "min",
     "val_acc": "max",
+    "val_acc_se": "min",
     "val_loss": "min",
     "train_loss": "min",
     "images_per_s": "max",
 }
-"""Every metric a trial reports per epoch, with the direction in which it improves (``min`` or ``max``). Defined
+"""Every metric a trial reports per epoch, with the direction in which it improves (``min`` or ``max``);
+``val_acc_se`` is the binomial standard error of ``val_acc``, ``sqrt(p (1 - p) / n)`` over ``n`` validation images,
+and a metric not read at an epoch is NaN there (see :func:`daq_search.search.trial.reading_epochs`). Defined
 here, where reading results needs no torch; :data:`daq_search.metric.METRIC_MODES` takes the search objectives
 from it."""
 
@@ -74,12 +77,16 @@ TRIALS_SCHEMA = pa.schema(
         pa.field("started_at", _TIME),
         pa.field("ended_at", _TIME),
         pa.field("wall_s", pa.float64()),
+        pa.field("node", pa.string()),
+        pa.field("attempts", pa.int64()),
     ]
 )
 """Columns of ``trials.parquet`` other than the knobs. A run's file also has one column per knob of its search space
 (``policy``, ``mix``, ``<policy>.<knob>``, ``<mix>.<knob>``; null where the trial's candidate lacks the knob),
 placed after ``candidate``: see :func:`trials_schema`. ``wall_s`` is the seconds the trial trained (Tune's
-``time_total_s``, summed over resumes), or start to end for a trial that never reported."""
+``time_total_s``, summed over resumes), or start to end for a trial that never reported. ``node`` is the address of
+the Ray node that ran the trial's last recorded epoch (Tune's ``node_ip``); ``attempts`` is how many times the trial
+was started: 1, plus one per retry after a failure (``max_failures``) and per ``--resume`` that continued it."""
 
 EPOCHS_SCHEMA = pa.schema(
     [
@@ -158,24 +165,35 @@ class TrialTable:
             self._derive(trial_id)
 
     def start(self, trial_id: str, candidate: str, knobs: dict[str, Any]) -> dict[str, Any]:
-        """Mark a trial as running (a resumed trial keeps its first start time and its epochs); returns its row."""
+        """Mark a trial as running and count the start in ``attempts`` (a resumed or retried trial keeps its first
+        start time and its epochs); returns its row."""
         row = self.trials.get(trial_id)
         if row is None:
             row = {"trial_id": trial_id, "candidate": candidate, "epochs": 0, "started_at": _now()}
             row.update({column: knobs.get(column) for column in self.knob_types})
             self.trials[trial_id] = row
-        row.update(status="running", ended_at=None, error=None)
+        row.update(status="running", ended_at=None, error=None, attempts=(row.get("attempts") or 0) + 1)
         return row
 
-    def add_epoch(self, trial_id: str, epoch: int, metrics: dict[str, Any], seconds: float | None = None) -> dict:
+    def add_epoch(
+        self,
+        trial_id: str,
+        epoch: int,
+        metrics: dict[str, Any],
+        seconds: float | None = None,
+        node: str | None = None,
+    ) -> dict:
         """Record one reported epoch (a re-reported epoch after a resume replaces the old one); updates the trial's
-        ``<metric>_last`` / ``<metric>_best``, ``epochs`` and ``wall_s`` (``seconds`` trained so far)."""
+        ``<metric>_last`` / ``<metric>_best``, ``epochs``, ``wall_s`` (``seconds`` trained so far) and ``node`` (the
+        address of the node the epoch ran on)."""
         row = self.trials[trial_id]
         values = {metric: _float(metrics.get(metric)) for metric in REPORTED_METRICS}
         self.epochs[(trial_id, epoch)] = {"trial_id": trial_id, "candidate": row["candidate"], "epoch": epoch, **values}
         self._derive(trial_id)
         if seconds is not None:
             row["wall_s"] = float(seconds)
+        if node is not None:
+            row["node"] = node
         return row
 
     def _derive(self, trial_id: str) -> None:
@@ -287,6 +305,10 @@ def run_metadata(schema: pa.Schema) -> dict[str, Any]:
     return out
 
 
+TIE_BREAK = "val_loss_last"
+"""The column that orders trials whose objective ties (lower first)."""
+
+
 def rank_column(objective: str) -> str:
     """The trials-table column trials are ranked by: ``objective`` at each trial's last epoch."""
     return f"{objective}_last"
@@ -294,16 +316,45 @@ def rank_column(objective: str) -> str:
 
 def rank_trials(df: pd.DataFrame, objective: str, mode: str) -> pd.DataFrame:
     """The trials that did not fail and reported at least once, best first: most epochs trained, then ``objective``
-    at their last epoch (in direction ``mode``); ties keep the earlier trial id."""
+    at their last epoch (in direction ``mode``), then the lower ``val_loss`` at their last epoch (ties in accuracy
+    on a few hundred images are common; the loss tells them apart without favouring any candidate), then the
+    earlier trial id."""
     column = rank_column(objective)
     ok = df[(df["status"] != "failed") & (df["epochs"] > 0) & df[column].notna()]
-    return ok.sort_values(["epochs", column, "trial_id"], ascending=[False, mode == "min", True], kind="stable")
+    keys = ["epochs", column, *([TIE_BREAK] if column != TIE_BREAK and TIE_BREAK in ok else []), "trial_id"]
+    ascending = [False, mode == "min", *([True] if len(keys) == 4 else []), True]
+    return ok.sort_values(keys, ascending=ascending, kind="stable", na_position="last")
 
 
 def best_trial(df: pd.DataFrame, objective: str, mode: str) -> dict[str, Any] | None:
     """The winning trial's row (see :func:`rank_trials`) among ``completed`` and ``pruned`` trials, or None."""
     ranked = rank_trials(df[df["status"].isin(["completed", "pruned"])], objective, mode)
     return None if ranked.empty else ranked.iloc[0].to_dict()
+
+
+def runner_up_note(df: pd.DataFrame, objective: str, mode: str) -> str | None:
+    """When the objective is ``val_acc``: a sentence saying the winner lies within two standard errors of the
+    difference, ``2 sqrt(se_1^2 + se_2^2)``, of the best trial of another candidate (the runner-up), or None when it
+    is clear of it (or there is no runner-up, or no standard error)."""
+    if objective != "val_acc" or "val_acc_se_last" not in df:
+        return None
+    ranked = rank_trials(df[df["status"].isin(["completed", "pruned"])], objective, mode)
+    if ranked.empty:
+        return None
+    best = ranked.iloc[0]
+    others = ranked[ranked["candidate"] != best["candidate"]]
+    if others.empty or pd.isna(best["val_acc_se_last"]) or pd.isna(others.iloc[0]["val_acc_se_last"]):
+        return None
+    second = others.iloc[0]
+    se = math.hypot(best["val_acc_se_last"], second["val_acc_se_last"])
+    gap = best["val_acc_last"] - second["val_acc_last"]
+    if gap >= 2 * se:
+        return None
+    return (
+        f"the winner is within two standard errors of the runner-up {second['candidate']} "
+        f"({best['val_acc_last']:.4f} vs {second['val_acc_last']:.4f}, standard error of the difference {se:.4f}): "
+        "the validation images cannot tell them apart"
+    )
 
 
 def sort_trials(df: pd.DataFrame, column: str | None = None) -> pd.DataFrame:

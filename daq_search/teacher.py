@@ -41,7 +41,7 @@ def teacher_key(data: DataConfig, teacher: TeacherConfig) -> str:
     """A short hash of everything that determines a trained teacher (data set, split, architecture, recipe, seed);
     ``data`` is the split it trains on (:meth:`JobSpec.teacher_data`), so ``teacher.train_per_class`` is in it."""
     recipe = {
-        "data": data.model_dump(exclude={"download"}),
+        "data": data.model_dump(exclude={"download", "val_pool"}),
         "teacher": teacher.model_dump(exclude={"checkpoint", "train_per_class"}),
     }
     if teacher.recipe.precision == "fp32":  # keys of fp32 teachers stay those of caches made before the field

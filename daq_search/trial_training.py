@@ -4,6 +4,7 @@ benchmark, so both measure the same pipeline."""
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -20,6 +21,11 @@ from .transforms import build_batch_mix
 EPOCH_SEED_STRIDE = 1_000_003
 """Epoch ``e`` of a trial with seed ``s`` draws its batch mixes with seed ``s * stride + e``; its order and image
 augmentations come from the loader's per-image seeds (:func:`daq_search.kd.item_seed`)."""
+
+
+def binomial_se(accuracy: float, n: int) -> float:
+    """The standard error of an accuracy measured on ``n`` images, ``sqrt(p (1 - p) / n)`` (fraction)."""
+    return math.sqrt(accuracy * (1 - accuracy) / n) if n > 0 else math.nan
 
 
 class TrialTraining:
@@ -101,12 +107,12 @@ class TrialTraining:
         }
 
     def read_metrics(self) -> dict[str, float]:
-        """The student's per-epoch metrics now: ``val_acc`` (fraction), ``val_loss`` (nats) and, with a scoring
-        set, the DA score terms ``score``, ``score_ce``, ``cmi``, ``align``, ``sample_ce`` (nats);
-        ``read_seconds`` is their wall time."""
+        """The student's per-epoch metrics now: ``val_acc`` (fraction) with its binomial standard error
+        ``val_acc_se``, ``val_loss`` (nats) and, with a scoring set, the DA score terms ``score``, ``score_ce``,
+        ``cmi``, ``align``, ``sample_ce`` (nats); ``read_seconds`` is their wall time."""
         start = time.perf_counter()
         val_acc, val_loss = evaluate(self.student, self.val, self.device)
-        metrics = {"val_acc": val_acc, "val_loss": val_loss}
+        metrics = {"val_acc": val_acc, "val_acc_se": binomial_se(val_acc, len(self.bundle.val)), "val_loss": val_loss}
         if self.scoring_set is not None:
             da = score_candidate(
                 self.student,

@@ -38,10 +38,12 @@ def test_the_base_job_is_valid(tmp_path):
     job = load_job(write_job(tmp_path))
     assert job.student.model == "tiny_cnn" and job.objective == "val_acc" and job.mode == "max"
     assert not job.scheduler.enabled
-    assert job.trial == job.final.recipe.model_copy(update={"epochs": 3})  # 10 % of the final 30 epochs
+    assert job.branch is not None and job.trial == job.final.recipe  # branches continue the final recipe
 
 
 BAD_JOBS = [
+    ({"data": {"val_pool": "teacher_unused"}}, r"data\.val_pool: 'teacher_unused' needs teacher\.train_per_class"),
+    ({"data": {"val_pool": "all"}}, r"data\.val_pool: Input should be 'split' or 'teacher_unused'"),
     ({"trial": {"epoch": 3}}, r"trial\.epoch: unknown key; allowed: epochs, batch_size"),
     ({"quant": {"wbits": 1}}, r"quant\.wbits: Input should be greater than or equal to 2"),
     ({"quant": {"abits": 9}}, r"quant\.abits: Input should be less than or equal to 8"),

@@ -105,6 +105,21 @@ def test_student_of_a_teacher_on_a_larger_split_takes_its_test_set_and_normalisa
     assert torch.equal(same.test.images, alone.test.images) and same.mean == alone.mean
 
 
+def test_teacher_unused_val_pool_adds_the_teacher_split_images_the_student_never_trains_on():
+    spec = DataSpec("digits", image_size=8, train_per_class=7, val_pool="teacher_unused")
+    teacher_spec = DataSpec("digits", image_size=8, train_per_class=40)
+    student, teacher = load_student_data(spec, teacher_spec), load_data(teacher_spec)
+    own = load_data(DataSpec("digits", image_size=8, train_per_class=7))
+    assert len(student.val) == 10 * 10 + 10 * (40 - 7)  # its own 10 per class, then 33 per class of the teacher's
+    assert torch.equal(student.val.images[:100], own.val.images)
+    assert image_keys(student.val.images).isdisjoint(image_keys(student.train.images))
+    assert image_keys(student.val.images[100:]) <= image_keys(teacher.train.images)
+    assert image_keys(student.val.images).isdisjoint(image_keys(student.test.images))
+    assert torch.equal(torch.bincount(student.val.labels), torch.full((10,), 43))
+    with pytest.raises(DaqSearchError, match=r"^data\.val_pool: 'teacher_unused' needs teacher\.train_per_class"):
+        load_student_data(spec, DataSpec("digits", image_size=8, train_per_class=7))
+
+
 def test_teacher_split_larger_than_the_data_set_names_the_teacher_field():
     spec = DataSpec("digits", image_size=8, train_per_class=7)
     with pytest.raises(DaqSearchError, match=r"^teacher\.train_per_class: 500 is more than the smallest class has"):

@@ -27,6 +27,7 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from ..branching import ensure_trunk
 from ..candidates import parse_candidate
 from ..config import JobSpec, job_to_yaml
 from ..errors import DaqSearchError
@@ -36,7 +37,7 @@ from ..results import TrialTable, best_trial, format_table, rank_column, rank_tr
 from ..runtime import ray_session
 from ..teacher import ensure_teacher, load_teacher
 from .plan import SearchPlan, _save_job, check_resumable, knob_types
-from .trial import RUN_DIR_KEY, CandidateSampler, run_trial
+from .trial import RUN_DIR_KEY, TRUNK_KEY, CandidateSampler, run_trial
 from .watch import SUMMARY_EVERY_S, SearchCallback
 
 logger = logging.getLogger(__name__)
@@ -66,8 +67,9 @@ def _quiet_ray() -> None:
     warnings.filterwarnings("ignore", module="ray")
 
 
-def _build_tuner(plan: SearchPlan, teacher_path: Path, callback: SearchCallback, resume: bool):
-    """A fresh Tuner for ``plan`` or, with ``resume``, the one restored from its run folder."""
+def _build_tuner(plan: SearchPlan, teacher_path: Path, trunk: Path | None, callback: SearchCallback, resume: bool):
+    """A fresh Tuner for ``plan`` (its trials branch from ``trunk`` when given) or, with ``resume``, the one
+    restored from its run folder."""
     job, space = plan.job, plan.space
     resources = {"cpu": job.resources.cpus_per_trial, "gpu": job.resources.gpus_per_trial}
     trainable = tune.with_resources(run_trial, resources)
@@ -99,6 +101,7 @@ def _build_tuner(plan: SearchPlan, teacher_path: Path, callback: SearchCallback,
             "job": job.model_dump(mode="json"),
             "teacher_checkpoint": str(teacher_path),
             RUN_DIR_KEY: str(plan.run_dir),
+            TRUNK_KEY: None if trunk is None else str(trunk),
         },
         tune_config=tune.TuneConfig(
             metric=job.objective,
@@ -133,19 +136,21 @@ def _tpe_sampler(seed: int):
     return optuna.samplers.TPESampler(seed=seed)
 
 
-def write_winner(plan: SearchPlan, trials: pd.DataFrame, teacher_path: Path) -> Path | None:
-    """Write ``RUN_DIR/winner.yaml`` (the job with ``candidate`` = the best completed or pruned trial and
-    ``teacher.checkpoint`` = the teacher used), or return None when no trial qualifies."""
+def write_winner(plan: SearchPlan, trials: pd.DataFrame, teacher_path: Path, trunk: Path | None = None) -> Path | None:
+    """Write ``RUN_DIR/winner.yaml`` (the job with ``candidate`` = the best completed or pruned trial,
+    ``teacher.checkpoint`` = the teacher used and, for a branching search, ``branch.checkpoint`` = its ``trunk``
+    folder, which the final training continues), or return None when no trial qualifies."""
     best = best_trial(trials, plan.job.objective, plan.job.mode)
     if best is None:
         return None
-    winner = plan.job.model_copy(
-        update={
-            "candidate": best["candidate"],
-            "teacher": plan.job.teacher.model_copy(update={"checkpoint": str(teacher_path)}),
-            "storage": str(plan.storage),
-        }
-    )
+    update = {
+        "candidate": best["candidate"],
+        "teacher": plan.job.teacher.model_copy(update={"checkpoint": str(teacher_path)}),
+        "storage": str(plan.storage),
+    }
+    if plan.job.branch is not None and trunk is not None:
+        update["branch"] = plan.job.branch.model_copy(update={"checkpoint": str(trunk)})
+    winner = plan.job.model_copy(update=update)
     path = plan.run_dir / WINNER_FILE
     atomic_write_text(
         path,
@@ -220,6 +225,9 @@ def run_search(
             use_gpu=resources.gpus_per_trial > 0,
             workers=teacher_loader_workers(cpus, plan.job),
         )
+        trunk = None
+        if plan.job.branch is not None:
+            trunk = ensure_trunk(plan.job, teacher_path, run_dir, cpus=cpus, use_gpu=resources.gpus_per_trial > 0)
         if plan.job.calibrate is not None:
             from ..calibrate import calibrate_search
 
@@ -236,12 +244,12 @@ def run_search(
             f"search {plan.name}: {plan.job.searcher.num_samples} trials of {plan.job.trial.epochs} epochs, "
             f"objective {plan.job.objective} ({plan.job.mode}), results in {run_dir}"
         )
-        tuner = _build_tuner(plan, teacher_path, callback, restorable)
+        tuner = _build_tuner(plan, teacher_path, trunk, callback, restorable)
         tuner.fit()
     table.load()
     trials = table.frame()
     finished = len(trials) >= plan.job.searcher.num_samples and not (trials["status"] == "running").any()
-    winner = write_winner(plan, trials, teacher_path) if finished else None
+    winner = write_winner(plan, trials, teacher_path, trunk) if finished else None
     return SearchOutcome(run_dir, trials, winner, finished)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import tempfile
 import time
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Any
 import torch
 from ray import tune
 
+from ..branching import read_trunk, trunk_matches
 from ..candidates import Candidate, parse_candidate
 from ..checkpoints import load_state
 from ..config import JobSpec
@@ -38,6 +40,12 @@ REPEAT_KEY = "repeats_candidate"
 
 RUN_DIR_KEY = "run_dir"
 """The trial config key holding ``RUN_DIR`` (where a repeat trial reads the first trial's recorded epochs)."""
+
+TRUNK_KEY = "trunk_dir"
+"""The trial config key holding the folder of a branching search's trunk state (absent without branching)."""
+
+READ_METRICS = ("score", "score_ce", "cmi", "align", "sample_ce", "val_acc", "val_acc_se", "val_loss")
+"""What a trial reads from its student (validation and DA score); NaN at an epoch where nothing reads them."""
 
 REPLAY_FILE = "replay.json"
 """What a repeat trial's checkpoint holds: the last replayed epoch."""
@@ -109,14 +117,32 @@ def job_training(
     )
 
 
+def reading_epochs(job: JobSpec) -> frozenset[int]:
+    """The epochs at which a trial of ``job`` reads :data:`READ_METRICS`: its last (what ranks it), each ASHA rung
+    when early stopping is on (the first epoch at or past ``grace * reduction**k``), and every epoch of a calibrated
+    search (its rules read any budget)."""
+    last = job.trial.epochs
+    if job.calibrate is not None:
+        return frozenset(range(1, last + 1))
+    reads = {last}
+    if job.scheduler.enabled:
+        milestone = float(min(job.scheduler.grace_period, last))
+        while milestone < last:
+            reads.add(math.ceil(milestone))
+            milestone *= job.scheduler.reduction_factor
+    return frozenset(reads)
+
+
 def run_trial(config: dict) -> None:
     """One search trial. ``config``: ``job`` (the JobSpec as a dict), ``teacher_checkpoint`` (path of the teacher
     trained before the search) and ``candidate_id`` (the augmentation to train with), next to the searcher's
     parameters.
 
     Distils the quantized student for ``trial.epochs`` epochs; after each it reports ``epoch``, ``candidate`` and
-    every metric of :data:`daq_search.results.REPORTED_METRICS` with a checkpoint, and a restored trial continues
-    after its last checkpointed epoch. Raises ``FloatingPointError`` when the training loss stops being finite. A
+    every metric of :data:`daq_search.results.REPORTED_METRICS` with a checkpoint (the student's reads only at
+    :func:`reading_epochs`, NaN elsewhere), and a restored trial continues after its last checkpointed epoch. With
+    ``trunk_dir`` (a branching search) the trial is a branch: it starts from the trunk's student, optimiser and
+    schedule and trains the epochs after the trunk's. Raises ``FloatingPointError`` when the training loss stops being finite. A
     trial whose config marks a repeated candidate (:data:`REPEAT_KEY`) reports the first trial's recorded epochs
     instead of training (:func:`replay_trial`).
     """
@@ -144,17 +170,18 @@ def run_trial(config: dict) -> None:
         start, teacher_stats = state["epoch"] + 1, state["teacher"]
     else:
         start, teacher_stats = 1, teacher_metrics(teacher, subset, candidate, bundle, job, device)
+        if config.get(TRUNK_KEY) is not None:
+            start = _start_from_trunk(training, config[TRUNK_KEY], job)
 
+    reads = reading_epochs(job)
     for epoch in range(start, job.trial.epochs + 1):
         stats = training.train_epoch(epoch)
-        read = training.read_metrics()
+        read = training.read_metrics() if epoch in reads else dict.fromkeys(READ_METRICS, math.nan)
         metrics = {
             "epoch": epoch,
             "candidate": candidate.id,
-            **{name: read[name] for name in ("score", "score_ce", "cmi", "align", "sample_ce")},
+            **{name: read[name] for name in READ_METRICS},
             **teacher_stats,
-            "val_acc": read["val_acc"],
-            "val_loss": read["val_loss"],
             "train_loss": stats["train_loss"],
             "images_per_s": stats["images_per_s"],
         }
@@ -162,6 +189,15 @@ def run_trial(config: dict) -> None:
         with tempfile.TemporaryDirectory(prefix="daq-trial-") as folder:
             torch.save(state, Path(folder) / TRIAL_STATE_FILE)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def _start_from_trunk(training: TrialTraining, folder: str, job: JobSpec) -> int:
+    """Load the finished trunk in ``folder`` into a branch's ``training``; returns the branch's first epoch."""
+    state = read_trunk(folder)
+    if not trunk_matches(state, job) or state["epoch"] >= job.trial.epochs:
+        raise DaqSearchError(f"branch: {folder} holds no trunk of this job; allowed: the trunk the search trained")
+    training.load_state_dict(state)
+    return state["epoch"] + 1
 
 
 def _first_trial_of(candidate_id: str, run_dir: Path, own_id: str) -> dict | None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from ray import tune
 from ray.tune.experiment import Trial
+from ray.tune.result import NODE_IP
 
 from ..candidates import Candidate, parse_candidate
 from ..results import TrialTable, rank_column, rank_trials
@@ -85,9 +86,13 @@ class SearchCallback(tune.Callback):
         if trial.trial_id not in self.table.trials:
             self._start(trial)
         epoch = int(result["epoch"])
-        self.table.add_epoch(trial.trial_id, epoch, result, seconds=result.get("time_total_s"))
+        self.table.add_epoch(
+            trial.trial_id, epoch, result, seconds=result.get("time_total_s"), node=result.get(NODE_IP)
+        )
         self.table.write()
         objective = self.table.objective
+        if math.isnan(result.get(objective, math.nan)):
+            return  # an epoch nothing reads: recorded, not printed
         accuracy = "" if objective == "val_acc" else f" val_acc={result.get('val_acc', math.nan):.3f}"
         self._say(
             f"trial {trial.trial_id} epoch {epoch}/{self.table.max_epochs}: "

@@ -1,0 +1,236 @@
+"""The search that ships, measured end to end: for a regime, the package's own ``plan_search``/``run_search`` (its
+default selection, its sampler over ``search_spaces/default.yaml``, ``num_samples`` as shipped) runs once per
+searcher seed; each distinct pick is then trained alone to the full budget on the regime's ground-truth seeds, so
+its true accuracy is known, and its regret is measured against the best of the regime's ladder and the picks.
+
+Run: ``python -m bench.shipped --regime scenes32-10pc-ladder-320ep`` (resumable: each finished search and each
+ground-truth run is cached under ``--work``). Writes ``shipped_search`` into that regime's entry of
+``bench/results/results.json`` and the per-run records (every trial row, every trial epoch, every ground-truth run)
+to ``bench/results/shipped/<regime>.json.gz``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import math
+import multiprocessing
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from daq_search.checkpoints import load_state
+from daq_search.config import DataConfig, JobSpec
+from daq_search.kd import eval_loader, evaluate
+from daq_search.results import read_epochs, read_trials
+from daq_search.search import plan_search, run_search
+from daq_search.search.trial import TRIAL_STATE_FILE
+from daq_search.selection import branch_epoch, branching_cost
+from daq_search.teacher import load_teacher
+
+from .regimes import build_regime
+from .runs import Job, run_student
+
+SEARCHER_SEEDS = (0, 1, 2)
+VAL_POOL = "teacher_unused"
+"""The shipped jobs validate on the teacher split's unused images, as ``jobs/demo.yaml`` does."""
+
+
+def shipped_job(regime, searcher_seed: int) -> JobSpec:
+    """The regime as a user's job with every selection setting at the package's default: its data (validated on
+    :data:`VAL_POOL` when the teacher has a larger split), teacher, student, quantizer, KD loss and scorer, the
+    full recipe as the final training, and ``searcher.seed``."""
+    data: DataConfig = regime.data
+    teacher = regime.teacher
+    if regime.teacher_data is not None:
+        data = data.model_copy(update={"val_pool": VAL_POOL})
+        teacher = teacher.model_copy(update={"train_per_class": regime.teacher_data.train_per_class})
+    return JobSpec.model_validate(
+        {
+            "name": f"{regime.name}-s{searcher_seed}",
+            "data": data.model_dump(),
+            "teacher": teacher.model_dump(),
+            "student": regime.student.model_dump(),
+            "quant": regime.quant.model_dump(),
+            "kd": regime.kd.model_dump(),
+            "scorer": regime.scorer.model_dump(),
+            "search_space": str(Path("search_spaces/default.yaml").resolve()),
+            "searcher": {"seed": searcher_seed, "points_to_evaluate": ["none"]},
+            "final": {"recipe": regime.recipe.model_dump(), "workers": 1},
+        }
+    )
+
+
+def run_one_search(regime, searcher_seed: int, work: Path, log) -> dict:
+    """One shipped search of ``regime`` (cached: a finished run folder is read, not rerun); returns its record."""
+    job = shipped_job(regime, searcher_seed)
+    storage = work / "shipped"
+    run_dir = storage / job.name
+    if not (run_dir / "winner.yaml").is_file():
+        job_file = work / "shipped-jobs" / f"{job.name}.yaml"
+        job_file.parent.mkdir(parents=True, exist_ok=True)
+        job_file.write_text(json.dumps(job.model_dump(mode="json")))
+        log(f"search {job.name}: running")
+        start = time.perf_counter()
+        plan = plan_search(job_file, storage=str(storage))
+        outcome = run_search(plan, resume=run_dir.is_dir())
+        (run_dir / "bench-wall.json").write_text(json.dumps({"wall_s": time.perf_counter() - start}))
+        if outcome.winner_file is None:
+            raise RuntimeError(f"search {job.name} chose nothing")
+    trials, epochs = read_trials(run_dir), read_epochs(run_dir)
+    winner = _winner_candidate(run_dir)
+    trained = trials[~trials["trial_id"].isin(_replayed(run_dir, trials))]
+    return {
+        "searcher_seed": searcher_seed,
+        "pick": winner,
+        "distinct_trained": int(trained["candidate"].nunique()),
+        "trial_seconds": float(trained["wall_s"].sum()),
+        "search_wall_s": json.loads((run_dir / "bench-wall.json").read_text())["wall_s"]
+        if (run_dir / "bench-wall.json").is_file()
+        else None,
+        "branch_test_top1": _branch_test_accuracy(job, run_dir, trials, winner),
+        "trials": trials.drop(columns=["started_at", "ended_at"]).to_dict("records"),
+        "epochs": epochs.to_dict("records"),
+    }
+
+
+def _winner_candidate(run_dir: Path) -> str:
+    import yaml
+
+    return yaml.safe_load((run_dir / "winner.yaml").read_text())["candidate"]
+
+
+def _replayed(run_dir: Path, trials: pd.DataFrame) -> set[str]:
+    """Trial ids that replayed an earlier trial of the same candidate (no training)."""
+    firsts = trials.sort_values("started_at", kind="stable").drop_duplicates("candidate")["trial_id"]
+    return set(trials["trial_id"]) - set(firsts)
+
+
+def _branch_test_accuracy(job: JobSpec, run_dir: Path, trials: pd.DataFrame, winner: str) -> float | None:
+    """Test top-1 of the winning branch's own student (its last trial checkpoint), the model the search's final
+    training reproduces; None when its checkpoint is gone."""
+    from daq_search.student import build_student
+
+    first = trials[trials["candidate"] == winner].sort_values("started_at").iloc[0]["trial_id"]
+    states = sorted((run_dir / f"trial_{first}").glob(f"checkpoint_*/{TRIAL_STATE_FILE}"))
+    if not states:
+        return None
+    bundle = job.load_data()
+    teacher = load_teacher(_teacher_file(run_dir), job.teacher, bundle)
+    student = build_student(job.student, job.quant, bundle, teacher, seed=job.teacher.seed)
+    student.load_state_dict(load_state(states[-1], "branch")["model"])
+    accuracy, _ = evaluate(student, eval_loader(bundle.test, bundle))
+    return accuracy
+
+
+def _teacher_file(run_dir: Path) -> str:
+    import yaml
+
+    return yaml.safe_load((run_dir / "winner.yaml").read_text())["teacher"]["checkpoint"]
+
+
+def ground_truth(regime, candidates: list[str], work: Path, log, jobs: int = 2) -> dict[str, list[float]]:
+    """Test top-1 (%) of each candidate trained alone to the full budget, one per ground-truth seed (cached in
+    ``work/shipped-gt.json``)."""
+    cache_file = work / "shipped-gt.json"
+    cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    todo = [Job("student", regime, c, s) for c in candidates for s in regime.seeds]
+    todo = [job for job in todo if job.key() not in cache]
+    if todo:
+        log(f"ground truth: {len(todo)} full trainings")
+        with multiprocessing.get_context("spawn").Pool(jobs) as pool:
+            for key, result in pool.imap_unordered(_run_gt, [(job, str(work)) for job in todo]):
+                cache[key] = result
+                cache_file.write_text(json.dumps(cache))
+                log(f"ground truth: {key}: {100 * result['test_top1']:.2f} %")
+    return {c: [100 * cache[Job("student", regime, c, s).key()]["test_top1"] for s in regime.seeds] for c in candidates}
+
+
+def _run_gt(args: tuple[Job, str]) -> tuple[str, dict]:
+    job, work = args
+    torch.set_num_threads(1)
+    return job.key(), run_student(job, Path(work), "cpu")
+
+
+def summarise(regime, searches: list[dict], truth: dict[str, list[float]], ladder_means: dict[str, float]) -> dict:
+    """``shipped_search``: the rule, searcher seeds, picks, regret per seed (pp, against the best of the ladder's
+    committed means and the picks' means) and cost (trained branch epochs as a share of a full sweep of the
+    ladder; see :func:`daq_search.selection.branching_cost`)."""
+    means = {**ladder_means, **{c: float(np.mean(v)) for c, v in truth.items()}}
+    best = max(means.values())
+    job = shipped_job(regime, 0)
+    epochs, at, ladder = job.final.recipe.epochs, job.branch.at, len(regime.candidates)
+    trunk = branch_epoch(epochs, at)
+    costs = [(s["distinct_trained"] * (epochs - trunk)) / (ladder * epochs) for s in searches]
+    return {
+        "rule": f"late-phase branching: {job.branch.trunk} trunk to {at:.0%}, then {job.objective} at each branch's "
+        f"end on {VAL_POOL} validation, {job.searcher.num_samples} samples",
+        "trunk": job.branch.trunk,
+        "branch_at": at,
+        "objective": job.objective,
+        "num_samples": job.searcher.num_samples,
+        "searcher_seeds": [s["searcher_seed"] for s in searches],
+        "picks": [s["pick"] for s in searches],
+        "pick_true_pct": [means[s["pick"]] for s in searches],
+        "regret_pp": [best - means[s["pick"]] for s in searches],
+        "best": max(means, key=means.get),
+        "best_pct": best,
+        "none_pct": means.get("none"),
+        "branch_test_pct": [None if s["branch_test_top1"] is None else 100 * s["branch_test_top1"] for s in searches],
+        "cost": costs,
+        "cost_rule": "branch epochs the search trained beyond the one final training (trunk + the winner's branch), "
+        f"as a share of a sweep of the {ladder} ladder candidates at {epochs} epochs; repeats replay, reads not "
+        "counted (see trial_seconds for wall time)",
+        "cost_single_sample_bound": branching_cost(epochs, at, ladder),
+        "trial_seconds": [s["trial_seconds"] for s in searches],
+        "search_wall_s": [s["search_wall_s"] for s in searches],
+        "ground_truth_seeds": list(regime.seeds),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the shipped search of one regime for each searcher seed, its picks' ground truth, and record both."""
+    parser = argparse.ArgumentParser(prog="python -m bench.shipped", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--regime", required=True)
+    parser.add_argument("--searcher-seeds", default=",".join(map(str, SEARCHER_SEEDS)))
+    parser.add_argument("--work", default="bench/work/full")
+    parser.add_argument("--out", default="bench/results")
+    parser.add_argument("--jobs", type=int, default=2)
+    args = parser.parse_args(argv)
+    regime = build_regime(args.regime)
+    work, out = Path(args.work).resolve(), Path(args.out)
+
+    def log(message: str) -> None:
+        print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
+
+    results = json.loads((out / "results.json").read_text())
+    entry = next(r for r in results["regimes"] if r["regime"] == regime.name)
+    ladder_means = dict(zip(entry["candidates"], entry["mean_pct"], strict=True))
+    searches = [run_one_search(regime, int(s), work, log) for s in args.searcher_seeds.split(",")]
+    picks = sorted({s["pick"] for s in searches} - set(ladder_means))
+    truth = ground_truth(regime, picks, work, log, args.jobs)
+    entry["shipped_search"] = summarise(regime, searches, truth, ladder_means)
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    records = out / "shipped" / f"{regime.name}.json.gz"
+    records.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(records, "wt") as handle:
+        json.dump({"searches": searches, "ground_truth_pct": truth}, handle, default=_plain)
+    log(f"{regime.name}: {json.dumps(entry['shipped_search'])[:400]}")
+    return 0
+
+
+def _plain(value):
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
