@@ -4,7 +4,7 @@ searcher seed; each distinct pick is then trained alone to the full budget on th
 its true accuracy is known, and its regret is measured against the best of the regime's ladder and the picks.
 
 Run: ``python -m bench.shipped --regime scenes32-10pc-ladder-320ep`` (resumable: each finished search and each
-ground-truth run is cached under ``--work``). Writes ``shipped_search`` into that regime's entry of
+ground-truth run is cached under ``--work``, whose ``teachers/`` the searches and the benchmark share). Writes ``shipped_search`` into that regime's entry of
 ``bench/results/results.json`` and the per-run records (every trial row, every trial epoch, every ground-truth run)
 to ``bench/results/shipped/<regime>.json.gz``.
 """
@@ -69,7 +69,7 @@ def shipped_job(regime, searcher_seed: int) -> JobSpec:
 def run_one_search(regime, searcher_seed: int, work: Path, log) -> dict:
     """One shipped search of ``regime`` (cached: a finished run folder is read, not rerun); returns its record."""
     job = shipped_job(regime, searcher_seed)
-    storage = work / "shipped"
+    storage = work  # its teachers/ folder is the one the ground-truth runs read
     run_dir = storage / job.name
     if not (run_dir / "winner.yaml").is_file():
         job_file = work / "shipped-jobs" / f"{job.name}.yaml"

@@ -338,6 +338,57 @@ def test_candidate_sampler_hands_trials_the_candidate_id():
         seen.add(candidate.id)
 
 
+def distinct_searcher(space_path: Path, points: list[str]):
+    import optuna
+
+    from daq_search.candidates import parse_candidate
+    from daq_search.search.trial import CandidateSampler, DistinctOptunaSearch
+    from daq_search.spaces import load_search_space
+
+    space = load_search_space(space_path)
+    return DistinctOptunaSearch(
+        space=CandidateSampler(space),
+        metric="val_acc",
+        mode="max",
+        points_to_evaluate=[space.params_of(parse_candidate(p)) for p in points],
+        sampler=optuna.samplers.TPESampler(seed=0),
+    )
+
+
+def test_a_repeated_proposal_is_drawn_again_and_does_not_use_up_a_sample():
+    import optuna
+
+    from daq_search.search import CANDIDATE_KEY, REPEAT_KEY
+
+    searcher = distinct_searcher(
+        Path(__file__).resolve().parent.parent / "search_spaces" / "default.yaml", ["none"] * 2
+    )
+    first, second = searcher.suggest("a"), searcher.suggest("b")
+    assert (first[CANDIDATE_KEY], first[REPEAT_KEY]) == ("none", False)
+    assert second[CANDIDATE_KEY] != "none" and not second[REPEAT_KEY]  # the enqueued repeat was told failed, redrawn
+    states = [trial.state for trial in searcher._ot_study.get_trials(deepcopy=False)]
+    assert states.count(optuna.trial.TrialState.FAIL) == 1 and set(searcher._ot_trials) == {"a", "b"}
+
+
+def test_in_an_exhausted_space_the_repeat_is_run_after_the_redraws(tmp_path):
+    import optuna
+
+    from daq_search.search import CANDIDATE_KEY, REPEAT_KEY
+    from daq_search.search.trial import MAX_REDRAWS
+
+    (tmp_path / "one.yaml").write_text(yaml.safe_dump({"name": "one", "candidates": ["none"]}))
+    searcher = distinct_searcher(tmp_path / "one.yaml", [])
+    first, second = searcher.suggest("a"), searcher.suggest("b")
+    assert (first[CANDIDATE_KEY], first[REPEAT_KEY], second[CANDIDATE_KEY], second[REPEAT_KEY]) == (
+        "none",
+        False,
+        "none",
+        True,
+    )
+    states = [trial.state for trial in searcher._ot_study.get_trials(deepcopy=False)]
+    assert states.count(optuna.trial.TrialState.FAIL) == MAX_REDRAWS
+
+
 def test_torch_threads_is_the_trial_share_and_is_restored():
     import torch
 

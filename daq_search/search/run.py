@@ -25,7 +25,6 @@ import pandas as pd
 from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler
-from ray.tune.search.optuna import OptunaSearch
 
 from ..branching import ensure_trunk
 from ..candidates import parse_candidate
@@ -37,7 +36,7 @@ from ..results import TrialTable, best_trial, format_table, rank_column, rank_tr
 from ..runtime import ray_session
 from ..teacher import ensure_teacher, load_teacher
 from .plan import SearchPlan, _save_job, check_resumable, knob_types
-from .trial import RUN_DIR_KEY, TRUNK_KEY, CandidateSampler, run_trial
+from .trial import RUN_DIR_KEY, TRUNK_KEY, CandidateSampler, DistinctOptunaSearch, run_trial
 from .watch import SUMMARY_EVERY_S, SearchCallback
 
 logger = logging.getLogger(__name__)
@@ -80,7 +79,7 @@ def _build_tuner(plan: SearchPlan, teacher_path: Path, trunk: Path | None, callb
         if tuner._local_tuner is not None:
             tuner._local_tuner.get_run_config().callbacks = [callback]
         return tuner
-    searcher = OptunaSearch(
+    searcher = DistinctOptunaSearch(
         space=CandidateSampler(space),
         metric=job.objective,
         mode=job.mode,

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from ray import tune
+from ray.tune.search.optuna import OptunaSearch
 
 from ..branching import read_trunk, trunk_matches
 from ..candidates import Candidate, parse_candidate
@@ -75,6 +76,29 @@ class CandidateSampler:
             if other.number < trial.number and other.params
         )
         return {CANDIDATE_KEY: candidate.id, REPEAT_KEY: repeat}
+
+
+MAX_REDRAWS = 20
+"""How many times the searcher may propose again when it repeats a candidate, before the repeat is run (replayed)."""
+
+
+class DistinctOptunaSearch(OptunaSearch):
+    """Ray Tune's OptunaSearch whose proposals do not repeat a candidate while it can help it: a proposal that
+    :class:`CandidateSampler` marks as a repeat is told to Optuna as failed (TPE learns nothing from it) and the
+    searcher proposes again, up to :data:`MAX_REDRAWS` times, so a repeat does not use up a sample; in a space the
+    search has exhausted, the repeat is run (and replayed, :func:`replay_trial`)."""
+
+    def suggest(self, trial_id: str) -> dict | None:
+        """A config whose candidate no earlier trial has, if one is found within :data:`MAX_REDRAWS` proposals."""
+        import optuna
+
+        config = super().suggest(trial_id)
+        for _ in range(MAX_REDRAWS):
+            if config is None or not config.get(REPEAT_KEY):
+                return config
+            self._ot_study.tell(self._ot_trials.pop(trial_id), state=optuna.trial.TrialState.FAIL)
+            config = super().suggest(trial_id)
+        return config
 
 
 _DATA_CACHE: dict[tuple[DataSpec, DataSpec], DataBundle] = {}
