@@ -13,11 +13,20 @@ Outputs, all under ``RUN_DIR/final/`` (``RUN_DIR/final/<name>/`` for a ``name`` 
   student trained with the baseline augmentation plus ``difference_pp`` = (winner - baseline) test top-1 in
   percentage points; ``artifact_sha256`` is the SHA-256 of the ``student_int.pt`` it describes.
 - ``epochs.parquet``: one row per epoch and run (``run`` is ``<name>`` or ``<name>-baseline``): mean train loss
-  per image over all workers, val top-1 and loss, aggregate images/s, and the learning rate at the epoch's start.
+  per image over all workers, val top-1 and loss (every :data:`VALIDATE_EVERY` epochs and the last; NaN on the
+  others), aggregate images/s, and the learning rate at the epoch's start.
+- ``ray.log``: Ray's and the workers' log lines and one line per epoch; the terminal gets a progress line with an
+  ETA after every tenth of each run.
 - ``student_int.pt``: ``{"arch": {...}, "state": export_int_state(student)}``; :func:`load_int_artifact` rebuilds it.
 - ``RUN_DIR/final/ray/<name>/`` and ``RUN_DIR/final/ray/<name>-baseline/``: Ray Train's run folders, with a
-  checkpoint per epoch (the last two kept). Re-running the same command with the same name continues each run from
-  its last checkpoint; a different number of epochs extends (or ends) the cosine schedule at the step reached.
+  checkpoint after the first epoch ending :data:`CHECKPOINT_EVERY_S` seconds after the previous one and after the
+  last epoch (the last two kept). Re-running the same command with the same name continues each run from its last
+  checkpoint; a different number of epochs extends (or ends) the cosine schedule at the step reached. Ray Train
+  restarts a run from its last checkpoint after a worker or node loss, up to ``max_failures`` times.
+
+The winner and its baseline train at the same time when the cluster has the CPUs (and GPUs) for both, else one
+after the other. A winner whose ``branch.checkpoint`` holds a search trunk's state of this schedule continues it
+after its branch epoch (a calibration anchor's full training of a run's candidate is reused the same way).
 """
 
 from __future__ import annotations
@@ -154,9 +163,11 @@ def run_final(
     ``final.recipe.epochs``; ``address`` runs on an existing Ray cluster; ``name`` (default ``final``) names the
     Ray Train run, so re-running with the same name resumes it; ``baseline`` overrides ``final.baseline`` (None: no
     baseline); ``storage`` overrides Ray Train's storage path ``RUN_DIR/final/ray`` (give shared storage or a cloud
-    URI on a multi-node cluster). The driver's progress lines are logged (:mod:`daq_search.logs`); the per-epoch lines
-    come from the rank-0 worker's standard output.
+    URI on a multi-node cluster). The driver's progress lines are logged (:mod:`daq_search.logs`); the rank-0 worker
+    prints a progress line with an ETA every tenth of a run and writes one line per epoch to ``ray.log``.
     """
+    import ray
+
     start = time.perf_counter()
     path = resolve_winner_file(spec_path)
     job = load_winner(path)
@@ -184,7 +195,8 @@ def run_final(
     out_dir.mkdir(parents=True, exist_ok=True)
 
     num_cpus = max(os.cpu_count() or 1, math.ceil(workers * job.final.cpus_per_worker)) if address is None else None
-    with ray_session(address, num_cpus=num_cpus), routed_worker_logs(out_dir / RAY_LOG_FILE):
+    owns_ray = not ray.is_initialized()  # else run_final leaves Ray up
+    with ray_session(address, num_cpus=num_cpus), routed_worker_logs(out_dir / RAY_LOG_FILE, shutdown=owns_ray):
         together = _fits_together(len(runs), workers, job.final.cpus_per_worker, use_gpu)
         fits = []
         for run_name, run_candidate in runs:
@@ -237,10 +249,13 @@ under load says so on standard output too) goes to the log file, never to the te
 
 
 @contextmanager
-def routed_worker_logs(path: Path) -> Iterator[None]:
+def routed_worker_logs(path: Path, shutdown: bool = False) -> Iterator[None]:
     """While the body runs (Ray up), the Ray workers' standard output is printed as before, while their standard
-    error (Ray's and the libraries' warnings and log records) and everything Ray Train's housekeeping actors print
-    (:data:`RAY_TRAIN_HOUSEKEEPING`) are appended to ``path`` instead of the terminal."""
+    error (Ray's and the libraries' warnings and log records, the per-epoch lines) and everything Ray Train's
+    housekeeping actors print (:data:`RAY_TRAIN_HOUSEKEEPING`) are appended to ``path`` instead of the terminal.
+    With ``shutdown``, Ray is shut down before the printers come back, so that the lines of processes ending after
+    the body (a worker's exit on SIGTERM) go to ``path`` too."""
+    import ray
     from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
 
     name = "ray_print_logs"  # the handler ray.init(log_to_driver=True) installs
@@ -262,8 +277,10 @@ def routed_worker_logs(path: Path) -> Iterator[None]:
         try:
             yield
         finally:
+            if shutdown:
+                ray.shutdown()
             dispatcher.remove_handler(name)
-            for printer in printers:
+            for printer in printers if ray.is_initialized() else ():
                 dispatcher.add_handler(name, printer)
 
 
@@ -505,7 +522,9 @@ def train_fn_per_worker(config: dict) -> dict:
     ``checkpoint_every_s`` have passed since the last one, and after the last epoch). Per-epoch lines go to
     standard error (the run's log file), a progress line with an ETA every tenth of the run to standard output.
     Returns (on every rank; Ray keeps rank 0's) ``{"history": [epoch rows], "epochs_done", "resumed_from_epoch",
-    "continued_from", "replica_checksums", "test_acc", "test_loss", "teacher_test_acc", "teacher_test_loss"}``.
+    "continued_from", "epoch_s", "replica_checksums", "test_acc", "test_loss", "teacher_test_acc",
+    "teacher_test_loss"}``; ``epoch_s`` holds the wall seconds of each epoch this attempt trained, its validation,
+    report and checkpoint included (not the last epoch's final report).
     """
     import ray.train
     import ray.train.torch
@@ -561,7 +580,8 @@ def train_fn_per_worker(config: dict) -> dict:
             "origin": origin,
         }
 
-    loop_start = last_checkpoint = time.perf_counter()
+    loop_start = last_checkpoint = epoch_end = time.perf_counter()
+    epoch_s = []
     for epoch in range(start_epoch + 1, epochs + 1):
         loader.sampler.set_epoch(epoch)
         torch.manual_seed(seed * 1_000_000 + epoch * 1_000 + rank)
@@ -602,6 +622,8 @@ def train_fn_per_worker(config: dict) -> dict:
             _report(row, state(epoch) if checkpoint_now else None, None, rank)
         if checkpoint_now:
             last_checkpoint = time.perf_counter()
+        epoch_s.append(time.perf_counter() - epoch_end)
+        epoch_end += epoch_s[-1]
 
     summary = _final_summary(bundle, student, teacher, device, rank)
     done = max(start_epoch, epochs)
@@ -611,6 +633,7 @@ def train_fn_per_worker(config: dict) -> dict:
         "epochs_done": done,
         "resumed_from_epoch": start_epoch,
         "continued_from": origin,
+        "epoch_s": epoch_s,
         "replica_checksums": _gather(_parameter_checksum(student), device, world),
         "device": str(next(student.parameters()).device),
         "backend": _backend(),

@@ -1,9 +1,12 @@
-"""The final distributed training: winner-file errors, DDP on 2 CPU workers, resume, baseline, integer artifact."""
+"""The final distributed training: winner-file errors, DDP on 2 CPU workers, its cadence, resume, restarts after a
+worker loss, continuing a search trunk, baseline, integer artifact."""
 
 import json
 import logging
 import math
+import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -12,6 +15,7 @@ import yaml
 from ray.train import Checkpoint
 from ray.train.v2.api.exceptions import WorkerGroupError
 
+from daq_search import train
 from daq_search.candidates import parse_candidate
 from daq_search.checkpoints import save_checkpoint
 from daq_search.config import DataConfig, JobSpec, RecipeConfig, TeacherConfig
@@ -27,12 +31,22 @@ from daq_search.train import (
     STATE_FILE,
     _artifact,
     _find_user_error,
+    _fits_together,
     _load_saved_state,
     _planned_runs,
     _resume_schedule,
+    _reuse_state,
+    _run_all,
     _shard_loader,
+    _start_state,
+    _trunk_checkpoint,
+    epoch_line,
+    eta_seconds,
     load_int_artifact,
+    progress_due,
+    progress_line,
     run_final,
+    validation_due,
 )
 from tests.test_search import progress_lines
 
@@ -183,6 +197,74 @@ def test_corrupt_or_foreign_checkpoint_is_a_clear_error(tmp_path):
     assert _load_saved_state(None, WINNER, "final") is None
 
 
+def _state(candidate: str, epoch: int, epochs: int, **extra) -> dict:
+    keys = {"model": {}, "optimizer": {}, "scheduler": {}, "history": [{"epoch": e} for e in range(1, epoch + 1)]}
+    return keys | {"epoch": epoch, "epochs": epochs, "candidate": candidate} | extra
+
+
+def test_a_reused_start_state_may_train_another_candidate_a_run_checkpoint_may_not(tmp_path):
+    trunk = _saved_state(tmp_path / "trunk", _state("none", 3, 10))
+    reuse = {"folder": str(tmp_path / "trunk"), "source": "search trunk"}
+    saved, origin = _start_state(None, reuse, WINNER, "final")
+    assert saved["epoch"] == 3 and saved["candidate"] == "none"
+    assert origin == {"source": "search trunk", "folder": reuse["folder"], "candidate": "none", "epoch": 3}
+    with pytest.raises(DaqSearchError, match=r"it trains none, this run randaugment"):
+        _start_state(trunk, None, WINNER, "final")  # the run's own checkpoint
+    own = _saved_state(tmp_path / "own", _state(WINNER, 5, 10, origin=origin))
+    assert _start_state(own, reuse, WINNER, "final")[1] == origin  # its own checkpoint wins and keeps the origin
+    assert _start_state(None, None, WINNER, "final") == (None, None)
+
+
+def test_the_winner_continues_a_trunk_of_its_schedule_only(tmp_path):
+    save_checkpoint(tmp_path / "trunk" / STATE_FILE, _state("none", 3, 10))
+    job = SimpleNamespace(branch=SimpleNamespace(checkpoint=str(tmp_path / "trunk")), calibration=None)
+    assert _trunk_checkpoint(job, 10) == str(tmp_path / "trunk")
+    assert _trunk_checkpoint(job, 12) is None  # a trunk of another schedule
+    assert _reuse_state(job, True, WINNER, 10) == {"folder": str(tmp_path / "trunk"), "source": "search trunk"}
+    assert _reuse_state(job, False, "none", 10) is None  # the baseline never continues the trunk
+    assert _trunk_checkpoint(SimpleNamespace(branch=SimpleNamespace(checkpoint=str(tmp_path / "gone"))), 10) is None
+    assert _trunk_checkpoint(SimpleNamespace(branch=SimpleNamespace(checkpoint=None)), 10) is None
+    assert _trunk_checkpoint(SimpleNamespace(), 10) is None  # a job from before branching
+
+
+def test_validation_and_progress_cadence():
+    assert [e for e in range(1, 26) if validation_due(e, 25, 10)] == [10, 20, 25]
+    assert [e for e in range(1, 4) if validation_due(e, 3, 10)] == [3]
+    assert [e for e in range(1, 321) if progress_due(e, 0, 320)] == list(range(32, 321, 32))
+    # resumed after epoch 5 of 25: 20 epochs left, a line every 2 of them
+    assert [e for e in range(6, 26) if progress_due(e, 5, 25)] == list(range(7, 26, 2))
+    assert [e for e in range(1, 4) if progress_due(e, 0, 3)] == [1, 2, 3]
+    assert eta_seconds(4, 36, 2.0) == 18.0
+
+
+def test_progress_and_epoch_lines():
+    row = {"epoch": 32, "train_loss": 1.23456, "val_acc": math.nan, "val_loss": math.nan, "images_per_s": 499.6}
+    # 32 epochs in 64 s: 2 s each, 288 left: 576 s
+    assert (
+        progress_line("final", row, 320, 32, 64.0) == "final epoch 32/320 (10 %): loss 1.2346, 2.00 s/epoch, ETA 9m36s"
+    )
+    assert epoch_line("final", row, 320, 2) == "final epoch 32/320: loss 1.2346, val acc -, 500 img/s over 2 worker(s)"
+    row |= {"epoch": 320, "val_acc": 0.5}
+    assert (
+        progress_line("f", row, 320, 10, 5.0)
+        == "f epoch 320/320 (100 %): loss 1.2346, val acc 0.5000, 0.50 s/epoch, ETA 0s"
+    )
+
+
+def test_runs_together_return_in_order_and_the_first_failure_is_raised_at_once():
+    assert _run_all([lambda: 1, lambda: 2], together=True) == [1, 2]
+    assert _run_all([lambda: 1, lambda: 2], together=False) == [1, 2]
+    release = threading.Event()
+
+    def fails():
+        raise ValueError("run 2 failed")
+
+    with pytest.raises(ValueError, match="run 2 failed"):
+        _run_all([lambda: release.wait(60), fails], together=True)
+    assert not release.is_set()  # raised while run 1 still trains
+    release.set()
+
+
 def test_worker_error_is_found_in_ray_train_failure():
     cause = DaqSearchError("checkpoint of run 'final': bad")
     err = WorkerGroupError("rank 1 failed", {0: RuntimeError("peer gone"), 1: cause})
@@ -328,3 +410,112 @@ def test_baseline_equal_to_winner_is_skipped(caplog):
     assert caplog.messages == [f"baseline {WINNER} is the winner itself: no baseline run"]
     assert _planned_runs("f", WINNER, "none") == [("f", WINNER), ("f-baseline", "none")]
     assert _planned_runs("f", WINNER, None) == [("f", WINNER)] and len(caplog.messages) == 1
+
+
+@pytest.mark.slow
+def test_runs_fit_together_only_with_the_cpus_for_all(ray_up):
+    assert _fits_together(2, 1, 1.0, use_gpu=False)  # the module's Ray has 2 CPUs
+    assert not _fits_together(2, 2, 1.0, use_gpu=False)
+    assert not _fits_together(1, 1, 1.0, use_gpu=False)  # a single run
+    assert not _fits_together(2, 1, 1.0, use_gpu=True)  # no GPUs
+
+
+def _checkpoints(run_dir: Path, name: str) -> list[Path]:
+    """The checkpoint folders of Ray Train run ``name`` of the final training in ``run_dir``."""
+    return [path for path in (run_dir / "final" / "ray" / name).glob("checkpoint_*") if path.is_dir()]
+
+
+@pytest.fixture(scope="module")
+def branched(first_run, teacher_file, tmp_path_factory):
+    """The winner continuing a trunk: the first run's epoch-1 state relabelled as a ``none`` trunk of a 4-epoch
+    schedule, named in the winner's ``branch.checkpoint``; trained with the default cadence."""
+    run_dir = tmp_path_factory.mktemp("branched")
+    saved = [torch.load(folder / STATE_FILE, weights_only=True) for folder in _checkpoints(first_run[0], "final")]
+    state = next(state for state in saved if state["epoch"] == 1)  # the first run's (the second one's is epoch 2)
+    state = state | {"candidate": "none", "epochs": 4, "history": [dict(state["history"][0], candidate="none")]}
+    save_checkpoint(run_dir / "trunk" / STATE_FILE, state)
+    job = _job(teacher_file, WINNER)
+    job["final"]["recipe"]["epochs"] = 4
+    job["branch"] = {"trunk": "none", "at": 0.25, "checkpoint": str(run_dir / "trunk")}
+    _write_winner(run_dir, job)
+    metrics = run_final(str(run_dir), baseline=None)
+    return run_dir, metrics, state
+
+
+@pytest.mark.slow
+def test_winner_continues_the_trunk_after_its_branch_epoch(branched):
+    run_dir, metrics, trunk = branched
+    assert metrics["continued_from"] == {
+        "source": "search trunk",
+        "folder": str(run_dir / "trunk"),
+        "candidate": "none",
+        "epoch": 1,
+    }
+    assert metrics["resumed_from_epoch"] == 1 and metrics["epochs"] == 4 and metrics["restarts"] == 0
+    rows = pd.read_parquet(run_dir / "final" / "epochs.parquet").set_index("epoch")
+    assert list(rows.index) == [1, 2, 3, 4]
+    assert list(rows["candidate"]) == ["none", WINNER, WINNER, WINNER]
+    assert rows.loc[1, "train_loss"] == trunk["history"][0]["train_loss"]
+    # epochs 2 and 3 are not validated (VALIDATE_EVERY is 10), the last one is
+    assert rows.loc[[2, 3], "val_acc"].isna().all() and rows.loc[[2, 3], "val_loss"].isna().all()
+    assert 0.0 <= rows.loc[4, "val_acc"] <= 1.0 and metrics["val_acc"] == rows.loc[4, "val_acc"]
+    # the trunk's schedule is re-anchored on 4 epochs: epoch 2 starts a quarter down the cosine
+    assert rows.loc[2, "lr"] == pytest.approx(LR * (1 + math.cos(math.pi / 4)) / 2)
+    # 3 quick epochs: within CHECKPOINT_EVERY_S, so only the last epoch is checkpointed
+    assert len(_checkpoints(run_dir, "final")) == 1
+
+
+@pytest.fixture(scope="module")
+def restarted(teacher_file, ray_up, tmp_path_factory):
+    """A 5-epoch winner whose rank-1 worker process dies in its third epoch (once), with ``max_failures: 1``, a
+    checkpoint every epoch and a validation every 2 epochs."""
+    run_dir = tmp_path_factory.mktemp("restarted")
+    job = _job(teacher_file, WINNER)
+    job["final"]["recipe"]["epochs"] = 5
+    job["max_failures"] = 1
+    _write_winner(run_dir, job)
+
+    died = str(run_dir / "died")
+
+    def dies_once(config):
+        import os
+        import time
+        from pathlib import Path
+
+        import ray.train
+
+        from daq_search import train as worker_train
+
+        rank = ray.train.get_context().get_world_rank()
+        real, calls = worker_train.run_epoch, []
+
+        def run_epoch(*args, **kwargs):
+            calls.append(1)
+            if rank == 1 and len(calls) == 3 and not Path(died).exists():
+                Path(died).touch()
+                time.sleep(6)  # Ray Train's controller polls every 2 s: epoch 2's checkpoint is registered by then
+                os._exit(1)
+            return real(*args, **kwargs)
+
+        worker_train.run_epoch = run_epoch
+        return worker_train.train_fn_per_worker(config)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train, "train_fn_per_worker", dies_once)
+        patch.setattr(train, "CHECKPOINT_EVERY_S", 0.0)
+        patch.setattr(train, "VALIDATE_EVERY", 2)
+        metrics = run_final(str(run_dir), baseline=None)
+    return run_dir, metrics
+
+
+@pytest.mark.slow
+def test_a_lost_worker_restarts_from_the_last_checkpoint(restarted):
+    run_dir, metrics = restarted
+    assert (run_dir / "died").is_file()
+    # epoch 1's checkpoint is registered before the loss, epoch 2's too unless Ray Train's controller is starved
+    assert metrics["restarts"] == 1 and metrics["restored_from_epochs"] in ([1], [2])
+    assert metrics["resumed_from_epoch"] == metrics["restored_from_epochs"][0]
+    assert metrics["replica_checksums"][0] == metrics["replica_checksums"][1]
+    rows = pd.read_parquet(run_dir / "final" / "epochs.parquet")
+    assert list(rows["epoch"]) == [1, 2, 3, 4, 5]  # complete, no epoch twice
+    assert list(rows["val_acc"].isna()) == [True, False, True, False, False]
