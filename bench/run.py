@@ -28,7 +28,9 @@ from daq_search.teacher import teacher_key
 
 from .analysis import cross_regime, passing, regime_summary
 from .loop_ratio import CACHE_FILE as LOOP_RATIO_FILE
+from .loop_ratio import FINAL_CACHE_FILE as FINAL_LOOP_RATIO_FILE
 from .loop_ratio import record as record_loop_ratio
+from .loop_ratio import record_final as record_final_loop_ratio
 from .regimes import BUDGETS, FULL_REGIMES, QUICK_REGIMES, Regime, build_regime, parse_seeds
 from .report import cost_regret_plot, cross_regime_lines, recommendation_sentence, regime_tables, scatter_plot
 from .runs import Job, execute, teacher_checkpoint
@@ -290,10 +292,14 @@ def main(argv: list[str] | None = None) -> int:
         "cut_short": not finished,
     }
     write_outputs(summaries, Path(args.out), args.quick, meta)
-    if args.report_only and not (work_dir / LOOP_RATIO_FILE).is_file():
-        log(f"--report-only: {work_dir / LOOP_RATIO_FILE} not cached, so no trial-loop ratio (nothing is measured)")
-    else:
-        record_loop_ratio(Path(args.out) / "results.json", work_dir, log, quick=args.quick)
+    for cache_file, record, what in (
+        (LOOP_RATIO_FILE, record_loop_ratio, "trial-loop"),
+        (FINAL_LOOP_RATIO_FILE, record_final_loop_ratio, "final-loop"),
+    ):
+        if args.report_only and not (work_dir / cache_file).is_file():
+            log(f"--report-only: {work_dir / cache_file} not cached, so no {what} ratio (nothing is measured)")
+        else:
+            record(Path(args.out) / "results.json", work_dir, log, quick=args.quick)
     log(f"wrote {args.out}/summary.md")
     return 0
 

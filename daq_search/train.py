@@ -13,8 +13,8 @@ Outputs, all under ``RUN_DIR/final/`` (``RUN_DIR/final/<name>/`` for a ``name`` 
   student trained with the baseline augmentation plus ``difference_pp`` = (winner - baseline) test top-1 in
   percentage points; ``artifact_sha256`` is the SHA-256 of the ``student_int.pt`` it describes.
 - ``epochs.parquet``: one row per epoch and run (``run`` is ``<name>`` or ``<name>-baseline``): mean train loss
-  per image over all workers, val top-1 and loss (every :data:`VALIDATE_EVERY` epochs and the last; NaN on the
-  others), aggregate images/s, and the learning rate at the epoch's start.
+  per image over all workers, val top-1 and loss (on the epochs :func:`next_validation` picks and the last; NaN on
+  the others), aggregate images/s, and the learning rate at the epoch's start.
 - ``ray.log``: Ray's and the workers' log lines and one line per epoch; the terminal gets a progress line with an
   ETA after every tenth of each run.
 - ``student_int.pt``: ``{"arch": {...}, "state": export_int_state(student)}``; :func:`load_int_artifact` rebuilds it.
@@ -94,8 +94,12 @@ EVAL_BATCH_SIZE = 512
 EPOCH_COLUMNS = ("run", "epoch", "train_loss", "val_acc", "val_loss", "images_per_s", "lr", "candidate")
 _STATE_KEYS = ("model", "optimizer", "scheduler", "epoch", "epochs", "candidate", "history")
 VALIDATE_EVERY = 10
-"""Rank 0 validates every this many epochs (and always after the last one); other epochs' rows carry NaN
-``val_acc`` and ``val_loss``. (A ``final.validate_every`` field would carry it per job.)"""
+"""The workers validate after epoch ``VALIDATE_EVERY``, then at least this many epochs apart (see
+:data:`VALIDATION_SHARE`), and always after the last epoch; other epochs' rows carry NaN ``val_acc`` and ``val_loss``.
+(A ``final.validate_every`` field would carry it per job.)"""
+VALIDATION_SHARE = 0.1
+"""Validations are spaced so that they take at most about this share of the training time (a large validation
+split is validated less often). (A ``final.validation_share`` field would carry it per job.)"""
 CHECKPOINT_EVERY_S = 60.0
 """A run checkpoints after the first epoch that ends this many seconds or more after its start or its last
 checkpoint, and always after its last epoch, so an interruption loses at most this long plus one epoch of
@@ -388,6 +392,7 @@ def _fit(
         "epochs": epochs,
         "reuse": reuse,
         "validate_every": VALIDATE_EVERY,
+        "validation_share": VALIDATION_SHARE,
         "checkpoint_every_s": CHECKPOINT_EVERY_S,
         "attempts": attempts,
     }
@@ -458,6 +463,7 @@ def _summarise(
         "restarts": winner["restarts"],
         "restored_from_epochs": winner["restored_from_epochs"],
         "validate_every": VALIDATE_EVERY,
+        "validation_share": VALIDATION_SHARE,
         "checkpoint_every_s": CHECKPOINT_EVERY_S,
         "runs_together": together,
         "replica_checksums": winner["replica_checksums"],
@@ -512,12 +518,14 @@ def _summary_lines(metrics: dict) -> list[str]:
 
 
 def train_fn_per_worker(config: dict) -> dict:
-    """One DDP worker of the final training; rank 0 validates, checkpoints and returns the summary.
+    """One DDP worker of the final training; the workers validate together, rank 0 checkpoints and returns the
+    summary.
 
     ``config``: ``{"job": JobSpec with candidate set, "epochs": total epochs, "reuse": {"folder", "source"} of a
     start state for a run with no checkpoint of its own (a search trunk's or a calibration anchor's), or None,
-    "validate_every": epochs, "checkpoint_every_s": seconds, "attempts": an :class:`Attempts` actor or None}``.
-    Every epoch's row goes to the history; rank 0 validates every ``validate_every`` epochs and after the last,
+    "validate_every": epochs, "validation_share": fraction, "checkpoint_every_s": seconds, "attempts": an
+    :class:`Attempts` actor or None}``. Every epoch's row goes to the history; the workers validate (each on its
+    share of the split) on the epochs :func:`next_validation` picks and after the last,
     and the run reports to Ray Train only after a validation or a checkpoint (a checkpoint when
     ``checkpoint_every_s`` have passed since the last one, and after the last epoch). Per-epoch lines go to
     standard error (the run's log file), a progress line with an ETA every tenth of the run to standard output.
@@ -566,7 +574,8 @@ def train_fn_per_worker(config: dict) -> dict:
     if rank == 0 and config.get("attempts") is not None:
         ray.get(config["attempts"].add.remote(start_epoch))
     mix = build_batch_mix(candidate, bundle.num_classes)
-    val = eval_loader(bundle.val, bundle, EVAL_BATCH_SIZE)
+    val = eval_loader(bundle.val, bundle, EVAL_BATCH_SIZE, sampler=range(rank, len(bundle.val), world))
+    next_due = (start_epoch // config["validate_every"] + 1) * config["validate_every"]
 
     def state(epoch: int) -> dict:
         return {
@@ -598,9 +607,16 @@ def train_fn_per_worker(config: dict) -> dict:
             precision=recipe.precision,
         )
         checkpoint_now = epoch == epochs or time.perf_counter() - last_checkpoint >= config["checkpoint_every_s"]
-        loss, images_per_s, checkpoint_now = _aggregate(stats.loss, stats.images, stats.seconds, checkpoint_now, device)
-        validate = validation_due(epoch, epochs, config["validate_every"])
-        val_acc, val_loss = evaluate(student, val, device) if validate and rank == 0 else (math.nan, math.nan)
+        aggregated = _aggregate(stats.loss, stats.images, stats.seconds, checkpoint_now, device)
+        loss, images_per_s, checkpoint_now = aggregated
+        validate = epoch >= next_due or epoch == epochs
+        val_acc, val_loss = math.nan, math.nan
+        if validate:
+            val_acc, val_loss, val_s = _validate(student, val, device)
+            epoch_train_s = stats.images * world / images_per_s
+            next_due = next_validation(
+                epoch, config["validate_every"], val_s, epoch_train_s, config["validation_share"]
+            )
         row = {
             "epoch": epoch,
             "train_loss": loss,
@@ -641,9 +657,22 @@ def train_fn_per_worker(config: dict) -> dict:
     }
 
 
-def validation_due(epoch: int, epochs: int, every: int) -> bool:
-    """Whether epoch ``epoch`` (1-based) of ``epochs`` is validated: every ``every``-th epoch and the last."""
-    return epoch == epochs or epoch % every == 0
+def next_validation(epoch: int, every: int, val_s: float, epoch_s: float, share: float) -> int:
+    """The epoch of the next validation after one after epoch ``epoch`` that took ``val_s`` seconds, when a training
+    epoch takes ``epoch_s`` seconds: ``every`` epochs later, or later still so that validating takes at most
+    ``share`` of the training time."""
+    return epoch + max(every, math.ceil(val_s / (share * max(epoch_s, 1e-9))))
+
+
+def _validate(student: nn.Module, loader, device: torch.device) -> tuple[float, float, float]:
+    """Top-1 (fraction) and mean cross-entropy (nats) over the whole validation split, each worker evaluating its
+    share (``loader``), and the slowest worker's seconds."""
+    start = time.perf_counter()
+    acc, loss = evaluate(student, loader, device)
+    images = float(len(loader.sampler))
+    correct, loss_sum, total = _all_reduce([acc * images, loss * images, images], device, "sum")
+    (seconds,) = _all_reduce([time.perf_counter() - start], device, "max")
+    return correct / max(total, 1.0), loss_sum / max(total, 1.0), seconds
 
 
 def progress_due(epoch: int, start_epoch: int, epochs: int) -> bool:

@@ -43,10 +43,10 @@ from daq_search.train import (
     epoch_line,
     eta_seconds,
     load_int_artifact,
+    next_validation,
     progress_due,
     progress_line,
     run_final,
-    validation_due,
 )
 from tests.test_search import progress_lines
 
@@ -228,8 +228,10 @@ def test_the_winner_continues_a_trunk_of_its_schedule_only(tmp_path):
 
 
 def test_validation_and_progress_cadence():
-    assert [e for e in range(1, 26) if validation_due(e, 25, 10)] == [10, 20, 25]
-    assert [e for e in range(1, 4) if validation_due(e, 3, 10)] == [3]
+    assert next_validation(10, 10, 0.5, 1.0, 0.1) == 20  # 0.5 s of validation per 10 s of training
+    # a validation of 3 s over epochs of 0.3 s: 100 epochs (30 s) later keeps it to 10 % of the training time
+    assert next_validation(10, 10, 3.0, 0.3, 0.1) == 110
+    assert next_validation(10, 10, 3.1, 0.3, 0.1) == 114  # ceil(103.3)
     assert [e for e in range(1, 321) if progress_due(e, 0, 320)] == list(range(32, 321, 32))
     # resumed after epoch 5 of 25: 20 epochs left, a line every 2 of them
     assert [e for e in range(6, 26) if progress_due(e, 5, 25)] == list(range(7, 26, 2))
@@ -456,7 +458,7 @@ def test_winner_continues_the_trunk_after_its_branch_epoch(branched):
     assert list(rows.index) == [1, 2, 3, 4]
     assert list(rows["candidate"]) == ["none", WINNER, WINNER, WINNER]
     assert rows.loc[1, "train_loss"] == trunk["history"][0]["train_loss"]
-    # epochs 2 and 3 are not validated (VALIDATE_EVERY is 10), the last one is
+    # epochs 2 and 3 are not validated (the first validation is after epoch VALIDATE_EVERY = 10), the last one is
     assert rows.loc[[2, 3], "val_acc"].isna().all() and rows.loc[[2, 3], "val_loss"].isna().all()
     assert 0.0 <= rows.loc[4, "val_acc"] <= 1.0 and metrics["val_acc"] == rows.loc[4, "val_acc"]
     # the trunk's schedule is re-anchored on 4 epochs: epoch 2 starts a quarter down the cosine
@@ -504,6 +506,7 @@ def restarted(teacher_file, ray_up, tmp_path_factory):
         patch.setattr(train, "train_fn_per_worker", dies_once)
         patch.setattr(train, "CHECKPOINT_EVERY_S", 0.0)
         patch.setattr(train, "VALIDATE_EVERY", 2)
+        patch.setattr(train, "VALIDATION_SHARE", 1e9)  # however long a validation takes
         metrics = run_final(str(run_dir), baseline=None)
     return run_dir, metrics
 
