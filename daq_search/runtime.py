@@ -91,9 +91,9 @@ def check_address(address: str | None, timeout_s: float = PROBE_TIMEOUT_S) -> No
 
 @contextmanager
 def _embedded_env() -> Iterator[None]:
-    """Token authentication on (and the unauthenticated metrics server off) for an embedded Ray, with a fresh random token: set in this process's environment
-    (inherited by Ray's processes, readable only by this user) and never written to a file; the previous values
-    come back when the body ends."""
+    """Token authentication on (and the unauthenticated metrics server off) for an embedded Ray, with a fresh
+    random token: set in this process's environment (inherited by Ray's processes, readable only by this user) and
+    never written to a file; the previous values come back when the body ends."""
     from ray._private import ray_constants
     from ray._raylet import AuthenticationTokenLoader, Config
 
