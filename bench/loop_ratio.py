@@ -184,7 +184,7 @@ def final_job(work_dir: Path, epochs: int) -> JobSpec:
     """The demo's final training (jobs/demo.yaml) for ``epochs`` epochs under :data:`FINAL_CANDIDATE`, distilling
     from an untrained resnet8 teacher saved once in ``work_dir``."""
     job = load_job(DEMO_JOB)
-    path = work_dir / "final-loop-teacher.pt"
+    path = (work_dir / "final-loop-teacher.pt").resolve()
     if not path.is_file():
         torch.manual_seed(job.teacher.seed)
         save_checkpoint(path, {"model": create_for(job.teacher.model, job.teacher.width, job.load_data()).state_dict()})
@@ -280,7 +280,9 @@ def ray_final_loop(job: JobSpec, storage: Path) -> list[float]:
     from daq_search.train import _fit
 
     name = f"final-loop-{time.time_ns()}"
-    outcome, _ = _fit(job, job.candidate, job.final.recipe.epochs, job.final.workers, False, str(storage), name)
+    outcome, _ = _fit(
+        job, job.candidate, job.final.recipe.epochs, job.final.workers, False, str(storage.resolve()), name
+    )
     return outcome["epoch_s"]
 
 
