@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from conftest import python_path
-from test_cli import free_port, project_copy, run_cli, wait_for, write_job
+from test_cli import free_port, project_copy, run_cli, write_job
 
 from daq_search.results import TrialTable, read_epochs, read_trials
 from daq_search.runtime import RAY_QUIET_ENV
@@ -62,6 +62,18 @@ class TwoNodeCluster:
     base: Path
     folder: Path
     started: list[RayNode]
+
+
+def wait_for(predicate, timeout: float, what: str, process: subprocess.Popen) -> None:
+    """Poll ``predicate`` until it holds; the test fails when ``timeout`` seconds pass or ``process`` (which brings
+    it about) exits first."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if process.poll() is not None:
+            pytest.fail(f"{' '.join(map(str, process.args[:3]))} ... exited (rc {process.returncode}) before {what}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.2)
 
 
 def _descendants(pid: int) -> list[int]:
