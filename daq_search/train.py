@@ -384,9 +384,12 @@ def _fit(
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     start = time.perf_counter()
-    attempts = ray.remote(num_cpus=0)(Attempts).remote()
+    # on the driver's node (like Ray Train's controller), so that it outlives the loss of any other node
+    driver_node = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    attempts = ray.remote(num_cpus=0, scheduling_strategy=driver_node)(Attempts).remote()
     config = {
         "job": job.model_copy(update={"candidate": candidate}),
         "epochs": epochs,

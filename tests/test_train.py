@@ -1,10 +1,12 @@
 """The final distributed training: winner-file errors, DDP on 2 CPU workers, its cadence, resume, restarts after a
 worker loss, continuing a search trunk, baseline, integer artifact."""
 
+import io
 import json
 import logging
 import math
 import threading
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -430,7 +432,8 @@ def _checkpoints(run_dir: Path, name: str) -> list[Path]:
 @pytest.fixture(scope="module")
 def branched(first_run, teacher_file, tmp_path_factory):
     """The winner continuing a trunk: the first run's epoch-1 state relabelled as a ``none`` trunk of a 4-epoch
-    schedule, named in the winner's ``branch.checkpoint``; trained with the default cadence."""
+    schedule, named in the winner's ``branch.checkpoint``; trained with the default cadence. Returns the run dir,
+    the metrics, the trunk's state and what the run printed."""
     run_dir = tmp_path_factory.mktemp("branched")
     saved = [torch.load(folder / STATE_FILE, weights_only=True) for folder in _checkpoints(first_run[0], "final")]
     state = next(state for state in saved if state["epoch"] == 1)  # the first run's (the second one's is epoch 2)
@@ -440,13 +443,15 @@ def branched(first_run, teacher_file, tmp_path_factory):
     job["final"]["recipe"]["epochs"] = 4
     job["branch"] = {"trunk": "none", "at": 0.25, "checkpoint": str(run_dir / "trunk")}
     _write_winner(run_dir, job)
-    metrics = run_final(str(run_dir), baseline=None)
-    return run_dir, metrics, state
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        metrics = run_final(str(run_dir), baseline=None)
+    return run_dir, metrics, state, out.getvalue() + err.getvalue()
 
 
 @pytest.mark.slow
 def test_winner_continues_the_trunk_after_its_branch_epoch(branched):
-    run_dir, metrics, trunk = branched
+    run_dir, metrics, trunk, _ = branched
     assert metrics["continued_from"] == {
         "source": "search trunk",
         "folder": str(run_dir / "trunk"),
@@ -522,3 +527,14 @@ def test_a_lost_worker_restarts_from_the_last_checkpoint(restarted):
     rows = pd.read_parquet(run_dir / "final" / "epochs.parquet")
     assert list(rows["epoch"]) == [1, 2, 3, 4, 5]  # complete, no epoch twice
     assert list(rows["val_acc"].isna()) == [True, False, True, False, False]
+
+
+@pytest.mark.slow
+def test_a_healthy_run_prints_progress_lines_not_epoch_lines_or_tracebacks(branched):
+    run_dir, _, _, printed = branched
+    progress = [line for line in printed.splitlines() if " epoch " in line]
+    # 3 epochs to train: a line after each (every tenth, rounded up to whole epochs), each with an ETA
+    assert [line.split(" epoch ")[1].split(" ")[0] for line in progress] == ["2/4", "3/4", "4/4"]
+    assert all("ETA" in line for line in progress) and "Traceback" not in printed
+    logged = (run_dir / "final" / "ray.log").read_text()
+    assert "final epoch 2/4: loss" in logged and "final epoch 4/4: loss" in logged
