@@ -248,6 +248,10 @@ def _write_parquet(table: pa.Table, path: Path) -> None:
     atomic_write(path, lambda tmp: pq.write_table(table, tmp, write_page_checksum=True))
 
 
+ADDED_COLUMNS = frozenset({"node", "attempts", "val_acc_se", "val_acc_se_last", "val_acc_se_best"})
+"""Columns added after the first release: a file written before them reads with nulls there (and resumes)."""
+
+
 def _read_file(path: Path, schema: pa.Schema) -> pa.Table:
     """A results file, page checksums verified and ``schema``'s columns checked; one-line DaqSearchError when it
     is truncated, empty, damaged or not a daq-search results file."""
@@ -259,6 +263,8 @@ def _read_file(path: Path, schema: pa.Schema) -> pa.Table:
             f"{path}: not a readable Parquet file ({reason}); allowed: a results file a search wrote"
         ) from None
     for field in schema:
+        if field.name not in table.schema.names and field.name in ADDED_COLUMNS:
+            table = table.append_column(field, pa.nulls(len(table), field.type))
         if field.name not in table.schema.names:
             raise DaqSearchError(
                 f"{path}: no column {field.name!r}, so not a daq-search results file; allowed: a results file a "

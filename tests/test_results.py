@@ -24,6 +24,7 @@ from daq_search.results import (
     rank_trials,
     read_epochs,
     read_trials,
+    runner_up_note,
     sort_trials,
     trials_schema,
 )
@@ -142,6 +143,54 @@ def test_trials_equally_far_are_ranked_by_their_last_epoch_not_their_best(tmp_pa
     assert df.set_index("trial_id").loc["early", "score_best"] == pytest.approx(0.1)  # the better best epoch
     assert list(rank_trials(df, "score", "min")["trial_id"]) == ["late", "early"]  # 0.3 < 0.6 at the last epoch
     assert rank_column("score") == "score_last"
+
+
+def val_run(tmp_path, rows: list[tuple[str, str, float, float, float]]):
+    """One-epoch completed trials ``(id, candidate, val_acc, val_acc_se, val_loss)`` ranked by ``val_acc``."""
+    table = TrialTable(tmp_path, max_epochs=1, knob_types=KNOBS, objective="val_acc", mode="max")
+    for trial_id, candidate, acc, se, loss in rows:
+        table.start(trial_id, candidate, {})
+        table.add_epoch(trial_id, 1, metrics(0.0, acc, val_acc_se=se, val_loss=loss))
+        table.end(trial_id)
+    return table.frame()
+
+
+def test_a_tie_in_the_objective_goes_to_the_lower_val_loss_not_the_earlier_trial(tmp_path):
+    df = val_run(tmp_path, [("a", "none", 0.6, 0.05, 0.9), ("b", "trivialaugment", 0.6, 0.05, 0.8)])
+    assert list(rank_trials(df, "val_acc", "max")["trial_id"]) == ["b", "a"]
+    assert list(rank_trials(df, "val_loss", "min")["trial_id"]) == ["b", "a"]  # no second key for its own column
+
+
+@pytest.mark.parametrize(
+    ("second_acc", "says"),
+    [(0.52, True), (0.44, False)],  # SE of the difference hypot(0.03, 0.04) = 0.05: within 2 SE below a gap of 0.1
+)
+def test_the_runner_up_note_says_when_validation_cannot_tell_the_winner_apart(tmp_path, second_acc, says):
+    rows = [("a", "none", 0.6, 0.03, 0.9), ("b", "none", 0.59, 0.03, 0.9), ("c", "trivialaugment", second_acc, 0.04, 1)]
+    note = runner_up_note(val_run(tmp_path, rows), "val_acc", "max")
+    if says:
+        assert note == (
+            "the winner is within two standard errors of the runner-up trivialaugment (0.6000 vs 0.5200, standard "
+            "error of the difference 0.0500): the validation images cannot tell them apart"
+        )
+    else:
+        assert note is None
+    assert runner_up_note(val_run(tmp_path / "x", rows), "score", "min") is None
+
+
+def test_a_file_written_before_the_added_columns_reads_with_nulls_there(tmp_path):
+    filled_run(tmp_path)
+    path = tmp_path / TRIALS_FILE
+    old = pq.read_table(path)
+    pq.write_table(old.drop_columns(["node", "attempts", "val_acc_se_last", "val_acc_se_best"]), path)
+    epochs = pq.read_table(tmp_path / EPOCHS_FILE)
+    pq.write_table(epochs.drop_columns(["val_acc_se"]), tmp_path / EPOCHS_FILE)
+    trials = read_trials(tmp_path)
+    assert len(trials) == 4 and trials["node"].isna().all() and trials["val_acc_se_last"].isna().all()
+    assert read_epochs(tmp_path)["val_acc_se"].isna().all()
+    table = make_table(tmp_path)
+    table.load()  # a resumed search reads them too
+    assert table.trials["a"]["attempts"] is None and table.trials["a"]["epochs"] == 3
 
 
 def test_sorting(tmp_path):
