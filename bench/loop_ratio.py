@@ -262,16 +262,27 @@ def _plain_worker(rank: int, world: int, job: JobSpec, port: int, out: str) -> N
 
 
 def plain_final_loop(job: JobSpec) -> list[float]:
-    """Seconds of each epoch of the final training as a plain PyTorch DDP job of ``final.workers`` processes."""
+    """Seconds of each epoch of the final training as a plain PyTorch DDP job of ``final.workers`` processes, with
+    ``OMP_NUM_THREADS`` set to their torch threads as Ray sets it in its workers."""
     import torch.multiprocessing as mp
 
-    with socket.socket() as probe, tempfile.TemporaryDirectory(prefix="daq-plain-final-") as folder:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-        probe.close()
-        out = Path(folder) / "epochs.json"
-        mp.spawn(_plain_worker, args=(job.final.workers, job, port, str(out)), nprocs=job.final.workers)
-        return json.loads(out.read_text())
+    cpus = job.final.cpus_per_worker
+    threads = training_threads(cpus, loader_workers(cpus, job.resources.loader_workers))
+    saved = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    try:
+        with socket.socket() as probe, tempfile.TemporaryDirectory(prefix="daq-plain-final-") as folder:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+            probe.close()
+            out = Path(folder) / "epochs.json"
+            mp.spawn(_plain_worker, args=(job.final.workers, job, port, str(out)), nprocs=job.final.workers)
+            return json.loads(out.read_text())
+    finally:
+        if saved is None:
+            os.environ.pop("OMP_NUM_THREADS")
+        else:
+            os.environ["OMP_NUM_THREADS"] = saved
 
 
 def ray_final_loop(job: JobSpec, storage: Path) -> list[float]:
