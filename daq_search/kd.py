@@ -3,6 +3,7 @@ epoch and evaluation loops (the engine the teacher, the trials and the final tra
 
 from __future__ import annotations
 
+import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -273,3 +274,8 @@ def evaluate(model: nn.Module, loader: DataLoader, device: str | torch.device = 
         n += y.numel()
     model.train(was_training)
     return correct / max(n, 1), loss / max(n, 1)
+
+
+def binomial_se(accuracy: float, n: int) -> float:
+    """The standard error of an accuracy measured on ``n`` images, ``sqrt(p (1 - p) / n)`` (fraction)."""
+    return math.sqrt(accuracy * (1 - accuracy) / n) if n > 0 else math.nan

@@ -59,6 +59,7 @@ from .data import DataBundle
 from .errors import DaqSearchError
 from .files import RUN_NAME_ALLOWED, atomic_write, atomic_write_text, check_run_name
 from .kd import (
+    binomial_se,
     check_precision,
     eval_loader,
     evaluate,
@@ -478,6 +479,7 @@ def _summarise(
         "ray_storage": storage,
         "baseline": None,
         "difference_pp": None,
+        "difference_se_pp": None,
     }
     if baseline_id == candidate:
         metrics["baseline"] = {"candidate": baseline_id, "skipped": "same as the winner"}
@@ -496,7 +498,16 @@ def _summarise(
             "train_wall_s": other["wall_s"],
         }
         metrics["difference_pp"] = 100.0 * (winner["test_acc"] - other["test_acc"])
+        metrics["difference_se_pp"] = 100.0 * difference_se(
+            winner["test_acc"], other["test_acc"], winner["test_images"]
+        )
     return metrics
+
+
+def difference_se(first: float, second: float, n: int) -> float:
+    """The standard error of the difference of two accuracies measured on ``n`` images each, as independent binomial
+    readings: ``sqrt(SE_1^2 + SE_2^2)`` (fraction; the same test images make the true error somewhat smaller)."""
+    return math.hypot(binomial_se(first, n), binomial_se(second, n))
 
 
 def _summary_lines(metrics: dict) -> list[str]:
@@ -512,7 +523,7 @@ def _summary_lines(metrics: dict) -> list[str]:
     if baseline is not None and "skipped" not in baseline:
         lines.append(
             f"baseline {baseline['candidate']}: test acc {100 * baseline['student_test_acc']:.2f} %; "
-            f"winner - baseline = {metrics['difference_pp']:+.2f} pp"
+            f"winner - baseline = {metrics['difference_pp']:+.2f} pp (standard error {metrics['difference_se_pp']:.2f} pp)"
         )
     return lines
 
@@ -875,13 +886,17 @@ def _gather(value: float, device: torch.device, world: int) -> list[float]:
 
 
 def _final_summary(bundle: DataBundle, student: nn.Module, teacher: nn.Module, device: torch.device, rank: int) -> dict:
-    """Test top-1 and loss of the student and the teacher (evaluated on rank 0; NaN elsewhere)."""
+    """Test top-1 and loss of the student and the teacher, and the number of test images (evaluated on rank 0; NaN
+    elsewhere)."""
     if rank != 0:
-        return dict.fromkeys(("test_acc", "test_loss", "teacher_test_acc", "teacher_test_loss"), math.nan)
+        return dict.fromkeys(
+            ("test_acc", "test_loss", "teacher_test_acc", "teacher_test_loss", "test_images"), math.nan
+        )
     test = eval_loader(bundle.test, bundle, EVAL_BATCH_SIZE)
     test_acc, test_loss = evaluate(student, test, device)
     teacher_acc, teacher_loss = evaluate(teacher, test, device)
     return {
+        "test_images": len(bundle.test),
         "test_acc": test_acc,
         "test_loss": test_loss,
         "teacher_test_acc": teacher_acc,

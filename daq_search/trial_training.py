@@ -4,7 +4,6 @@ benchmark, so both measure the same pipeline."""
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
@@ -13,7 +12,7 @@ import torch
 from .candidates import Candidate
 from .config import KDConfig, QuantConfig, RecipeConfig, ScorerConfig, StudentConfig
 from .data import DataBundle
-from .kd import eval_loader, evaluate, make_optimizer, make_scheduler, place, run_epoch, train_loader
+from .kd import binomial_se, eval_loader, evaluate, make_optimizer, make_scheduler, place, run_epoch, train_loader
 from .metric import score_candidate
 from .student import build_student
 from .transforms import build_batch_mix
@@ -21,11 +20,6 @@ from .transforms import build_batch_mix
 EPOCH_SEED_STRIDE = 1_000_003
 """Epoch ``e`` of a trial with seed ``s`` draws its batch mixes with seed ``s * stride + e``; its order and image
 augmentations come from the loader's per-image seeds (:func:`daq_search.kd.item_seed`)."""
-
-
-def binomial_se(accuracy: float, n: int) -> float:
-    """The standard error of an accuracy measured on ``n`` images, ``sqrt(p (1 - p) / n)`` (fraction)."""
-    return math.sqrt(accuracy * (1 - accuracy) / n) if n > 0 else math.nan
 
 
 class TrialTraining:

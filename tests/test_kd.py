@@ -101,3 +101,13 @@ def test_non_finite_loss_raises():
     loader = [(torch.ones(4, 2), torch.zeros(4, dtype=torch.long))]
     with pytest.raises(FloatingPointError, match="loss became nan"):
         kd.run_epoch(model, loader, torch.optim.SGD(model.parameters(), lr=0.1))
+
+
+def test_binomial_se_and_the_difference_of_two_accuracies_against_hand_values():
+    from daq_search.kd import binomial_se
+    from daq_search.train import difference_se
+
+    assert binomial_se(0.5, 100) == pytest.approx(0.05)
+    assert binomial_se(0.6, 6000) == pytest.approx((0.24 / 6000) ** 0.5)
+    assert math.isnan(binomial_se(0.5, 0))
+    assert difference_se(0.6, 0.5, 100) == pytest.approx(((0.24 + 0.25) / 100) ** 0.5)  # 0.0700

@@ -402,7 +402,12 @@ def test_baseline_is_trained_and_compared(second_run):
     baseline = metrics["baseline"]
     assert baseline["candidate"] == "none" and baseline["epochs"] == 2 and baseline["resumed_from_epoch"] == 0
     assert metrics["difference_pp"] == pytest.approx(100 * (metrics["student_test_acc"] - baseline["student_test_acc"]))
-    assert any(f"winner - baseline = {metrics['difference_pp']:+.2f} pp" in line for line in lines)
+    test_images = len(load_data(DataConfig(**_job(None, None)["data"]).spec()).test)
+    se = 100 * train.difference_se(metrics["student_test_acc"], baseline["student_test_acc"], test_images)
+    assert metrics["difference_se_pp"] == pytest.approx(se)
+    assert any(
+        f"winner - baseline = {metrics['difference_pp']:+.2f} pp (standard error {se:.2f} pp)" in line for line in lines
+    )
     rows = pd.read_parquet(run_dir / "final" / "epochs.parquet")
     assert list(rows[rows["run"] == "final-baseline"]["epoch"]) == [1, 2]
     assert set(rows[rows["run"] == "final-baseline"]["candidate"]) == {"none"}
