@@ -1,12 +1,12 @@
 # daq-search: `make demo` installs and runs the main job on the bundled `scenes` data (embedded Ray); `make test` installs and
-# runs the test suite; `make bench` runs the benchmark (writes bench/results/); `make gpu-check` checks one GPU.
+# runs the test suite; `make bench` runs the benchmark (writes bench/results/), `make bench-shipped` the shipped search on one regime; `make gpu-check` checks one GPU.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 RUNS ?= runs
 GPU_CHECK_OUT ?= $(RUNS)/gpu-check
 
-.PHONY: install lint demo test test-fast bench bench-quick gpu-check clean
+.PHONY: install lint demo test test-fast bench bench-quick bench-shipped gpu-check clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -35,6 +35,10 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(PY) -m bench.run --quick
+
+SHIPPED_REGIME ?= scenes32-10pc-ladder-320ep
+bench-shipped: $(STAMP)
+	$(PY) -m bench.shipped --regime $(SHIPPED_REGIME)
 
 gpu-check: $(STAMP)
 	$(PY) -m bench.gpu_check --out $(GPU_CHECK_OUT)
