@@ -24,6 +24,7 @@ import pandas as pd
 import pytest
 from conftest import python_path
 from test_cli import free_port, project_copy, run_cli, write_job
+from test_security import _descendants
 
 from daq_search.results import TrialTable, read_epochs, read_trials
 from daq_search.runtime import RAY_QUIET_ENV
@@ -74,24 +75,6 @@ def wait_for(predicate, timeout: float, what: str, process: subprocess.Popen) ->
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(0.2)
-
-
-def _descendants(pid: int) -> list[int]:
-    """The processes below ``pid`` (not ``pid`` itself), from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], list(children.get(pid, []))
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        todo.extend(children.get(current, []))
-    return found
 
 
 def _start_node(args: list[str], temp_dir: Path, ip: str, env: dict[str, str], cwd: Path) -> RayNode:
