@@ -324,19 +324,18 @@ class JobSpec(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _default_selection(cls, data: Any) -> Any:
-        """A job with neither ``trial``, ``branch`` nor ``calibrate`` branches (:class:`BranchConfig` defaults).
+        """A job with neither ``trial``, ``branch`` nor ``calibrate`` branches (:class:`BranchConfig` defaults) when
+        its final training has 2 epochs or more (a trunk and a branch).
         With ``branch``, a trial is the final recipe (each branch continues the trunk's schedule); without it and
         without a ``trial`` section, a trial is the final recipe at :func:`default_trial_epochs` of its epochs."""
-        if not isinstance(data, dict):
-            return data
-        if "branch" not in data and "trial" not in data and data.get("calibrate") is None:
-            data = {**data, "branch": {}}
-        if "trial" in data:
+        if not isinstance(data, dict) or "trial" in data:
             return data
         try:
             recipe = FinalConfig.model_validate(data.get("final", {})).recipe
         except ValidationError:
             return data  # the final section's own error is reported
+        if "branch" not in data and data.get("calibrate") is None and recipe.epochs >= 2:
+            data = {**data, "branch": {}}
         if data.get("branch") is None:
             recipe = recipe.model_copy(update={"epochs": default_trial_epochs(recipe.epochs)})
         return {**data, "trial": recipe.model_dump()}

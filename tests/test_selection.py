@@ -49,6 +49,8 @@ def test_a_job_without_a_trial_section_branches_through_the_final_recipe():
     assert given.branch is None and given.trial.epochs == 7 and not is_default_rule(given)
     independent = JobSpec.model_validate({"name": "j", "branch": None, "final": {"recipe": {"epochs": 320}}})
     assert independent.trial.epochs == 32 and not is_default_rule(independent)
+    one_epoch = JobSpec.model_validate({"name": "j", "final": {"recipe": {"epochs": 1}}})  # no room for a trunk
+    assert one_epoch.branch is None and one_epoch.trial.epochs == 1
 
 
 @pytest.mark.parametrize(
@@ -56,7 +58,7 @@ def test_a_job_without_a_trial_section_branches_through_the_final_recipe():
     [
         ({"branch": {}, "trial": {"epochs": 3}}, "trial: a branching search's trials continue the trunk"),
         ({"scheduler": {"enabled": True}}, "branch: branches are read at their end"),
-        ({"final": {"recipe": {"epochs": 1}}}, "branch: needs final.recipe.epochs >= 2"),
+        ({"branch": {}, "final": {"recipe": {"epochs": 1}}}, "branch: needs final.recipe.epochs >= 2"),
         ({"branch": {"at": 1.0}}, "less than 1"),
     ],
 )
