@@ -208,12 +208,13 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
 
-    results = json.loads((out / "results.json").read_text())
-    entry = next(r for r in results["regimes"] if r["regime"] == regime.name)
+    entry = _regime_entry(out, regime.name)
     ladder_means = dict(zip(entry["candidates"], entry["mean_pct"], strict=True))
     searches = [run_one_search(regime, int(s), work, log) for s in args.searcher_seeds.split(",")]
     picks = sorted({s["pick"] for s in searches} - set(ladder_means))
     truth = ground_truth(regime, picks, work, log, args.jobs)
+    results = json.loads((out / "results.json").read_text())  # read again: other benches write it meanwhile
+    entry = next(r for r in results["regimes"] if r["regime"] == regime.name)
     entry["shipped_search"] = summarise(regime, searches, truth, ladder_means)
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     records = out / "shipped" / f"{regime.name}.json.gz"
@@ -222,6 +223,12 @@ def main(argv: list[str] | None = None) -> int:
         json.dump({"searches": searches, "ground_truth_pct": truth}, handle, default=_plain)
     log(f"{regime.name}: {json.dumps(entry['shipped_search'])[:400]}")
     return 0
+
+
+def _regime_entry(out: Path, name: str) -> dict:
+    """The committed summary of regime ``name`` in ``out/results.json``."""
+    results = json.loads((out / "results.json").read_text())
+    return next(r for r in results["regimes"] if r["regime"] == name)
 
 
 def _plain(value):

@@ -377,3 +377,20 @@ def test_trial_training_resumed_from_its_state_matches_an_uninterrupted_run():
     expected, got = straight.read_metrics(), resumed.read_metrics()
     for name in ("score", "score_ce", "cmi", "align", "sample_ce", "val_acc", "val_loss"):
         assert got[name] == expected[name], name
+
+
+def test_shipped_search_summary_regret_and_cost_from_hand_values():
+    from bench.regimes import build_regime
+    from bench.shipped import summarise
+
+    regime = build_regime("scenes32-10pc-ladder-320ep")
+    run = {"distinct_trained": 8, "branch_test_top1": 0.66, "trial_seconds": 1.0, "search_wall_s": 2.0}
+    searches = [
+        {**run, "searcher_seed": 0, "pick": "x"},
+        {**run, "searcher_seed": 1, "pick": "b", "distinct_trained": 4},
+    ]
+    summary = summarise(regime, searches, {"x": [70.0, 72.0]}, {"none": 60.0, "b": 65.0})
+    assert summary["picks"] == ["x", "b"] and summary["best"] == "x" and summary["best_pct"] == 71.0
+    assert summary["regret_pp"] == [0.0, 6.0] and summary["none_pct"] == 60.0
+    assert summary["cost"] == [8 * 96 / (8 * 320), 4 * 96 / (8 * 320)]  # 0.3 and 0.15 of the 8-candidate sweep
+    assert summary["branch_test_pct"] == [66.0, 66.0] and summary["num_samples"] == 8

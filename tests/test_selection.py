@@ -73,7 +73,7 @@ def test_describe_rule_says_what_ranks_the_trials_and_where_the_rule_comes_from(
     assert line.startswith(
         "selection rule: val_acc (max) at the end of each branch: a trunk trains under "
         "randaugment(magnitude=9,num_ops=2) for 224 of the final 320 epochs, then each candidate continues it for "
-        "the last 96; the default (bench/results/summary.md"
+        "the last 96; the default (docs/benchmark.md"
     )
     custom = JobSpec.model_validate(
         {"name": "j", "objective": "score_ce", "trial": {"epochs": 32}, "scheduler": {"enabled": True}}
