@@ -327,9 +327,13 @@ def rank_trials(df: pd.DataFrame, objective: str, mode: str) -> pd.DataFrame:
     earlier trial id."""
     column = rank_column(objective)
     ok = df[(df["status"] != "failed") & (df["epochs"] > 0) & df[column].notna()]
-    keys = ["epochs", column, *([TIE_BREAK] if column != TIE_BREAK and TIE_BREAK in ok else []), "trial_id"]
-    ascending = [False, mode == "min", *([True] if len(keys) == 4 else []), True]
-    return ok.sort_values(keys, ascending=ascending, kind="stable", na_position="last")
+    tie = [TIE_BREAK] if column != TIE_BREAK and TIE_BREAK in ok else []
+    return ok.sort_values(
+        ["epochs", column, *tie, "trial_id"],
+        ascending=[False, mode == "min", *[True] * len(tie), True],
+        kind="stable",
+        na_position="last",
+    )
 
 
 def best_trial(df: pd.DataFrame, objective: str, mode: str) -> dict[str, Any] | None:
