@@ -83,7 +83,7 @@ def run_one_search(regime, searcher_seed: int, work: Path, log) -> dict:
         if outcome.winner_file is None:
             raise RuntimeError(f"search {job.name} chose nothing")
     trials, epochs = read_trials(run_dir), read_epochs(run_dir)
-    winner = _winner_candidate(run_dir)
+    winner = _winner(run_dir)["candidate"]
     trained = trials[~trials["trial_id"].isin(_replayed(run_dir, trials))]
     return {
         "searcher_seed": searcher_seed,
@@ -99,10 +99,11 @@ def run_one_search(regime, searcher_seed: int, work: Path, log) -> dict:
     }
 
 
-def _winner_candidate(run_dir: Path) -> str:
+def _winner(run_dir: Path) -> dict:
+    """The search's ``winner.yaml`` as a mapping."""
     import yaml
 
-    return yaml.safe_load((run_dir / "winner.yaml").read_text())["candidate"]
+    return yaml.safe_load((run_dir / "winner.yaml").read_text())
 
 
 def _replayed(run_dir: Path, trials: pd.DataFrame) -> set[str]:
@@ -121,17 +122,11 @@ def _branch_test_accuracy(job: JobSpec, run_dir: Path, trials: pd.DataFrame, win
     if not states:
         return None
     bundle = job.load_data()
-    teacher = load_teacher(_teacher_file(run_dir), job.teacher, bundle)
+    teacher = load_teacher(_winner(run_dir)["teacher"]["checkpoint"], job.teacher, bundle)
     student = build_student(job.student, job.quant, bundle, teacher, seed=job.teacher.seed)
     student.load_state_dict(load_state(states[-1], "branch")["model"])
     accuracy, _ = evaluate(student, eval_loader(bundle.test, bundle))
     return accuracy
-
-
-def _teacher_file(run_dir: Path) -> str:
-    import yaml
-
-    return yaml.safe_load((run_dir / "winner.yaml").read_text())["teacher"]["checkpoint"]
 
 
 def ground_truth(regime, candidates: list[str], work: Path, log, jobs: int = 2) -> dict[str, list[float]]:

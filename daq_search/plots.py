@@ -78,9 +78,12 @@ def _pyplot():
 
 
 def _save(fig, out_png: str | Path) -> Path:
+    """Lay out ``fig``, write it to ``out_png`` atomically as a PNG, close it; returns the path."""
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
     atomic_write(out_png, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    _pyplot().close(fig)
     return out_png
 
 
@@ -121,10 +124,7 @@ def plot_run(run_dir: str | Path, out_png: str | Path, metric: str | None = None
     curves.set_title(f"{metric} per epoch, top {min(TOP_CURVES, len(rows))}")
     if len(rows):
         curves.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    out = _save(fig, out_png)
-    plt.close(fig)
-    return out
+    return _save(fig, out_png)
 
 
 def final_title(metrics: dict | None) -> str:
@@ -175,10 +175,7 @@ def plot_final(final_dir: str | Path, out_png: str | Path) -> Path:
     ax.set_ylabel("validation accuracy (%)")
     ax.set_title(final_title(metrics), fontsize=10)
     ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    out = _save(fig, out_png)
-    plt.close(fig)
-    return out
+    return _save(fig, out_png)
 
 
 def final_plot_path(out_png: str | Path) -> Path:
