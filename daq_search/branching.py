@@ -24,6 +24,7 @@ from .errors import DaqSearchError
 from .files import atomic_write
 from .kd import training_threads
 from .logs import show_progress
+from .runtime import run_as_task
 from .selection import branch_epoch
 from .teacher import load_teacher
 
@@ -67,8 +68,6 @@ def ensure_trunk(job: JobSpec, teacher_path: Path, run_dir: Path, *, cpus: float
     """The folder holding ``job``'s finished trunk: as found in ``RUN_DIR/trunk``, or trained (or finished after an
     interruption) now as a Ray task reserving ``cpus`` CPUs and, with ``use_gpu``, one GPU (Ray must be up). A state
     there of another trunk policy or schedule is refused (one line)."""
-    import ray
-
     folder = trunk_folder(run_dir)
     state = read_trunk(folder)
     if state is not None and not trunk_matches(state, job):
@@ -85,13 +84,7 @@ def ensure_trunk(job: JobSpec, teacher_path: Path, run_dir: Path, *, cpus: float
         f"trunk: training under {job.branch.trunk} for epochs {done + 1}-{epochs} of {job.final.recipe.epochs} "
         "as a Ray task"
     )
-    task = ray.remote(_train_trunk_task).options(num_cpus=cpus, num_gpus=1 if use_gpu else 0, max_retries=0)
-    try:
-        ray.get(task.remote(job, str(teacher_path), str(folder), cpus, use_gpu))
-    except ray.exceptions.RayTaskError as err:
-        if isinstance(err.cause, DaqSearchError):
-            raise DaqSearchError(str(err.cause)) from None
-        raise
+    run_as_task(_train_trunk_task, job, str(teacher_path), str(folder), cpus, use_gpu, cpus=cpus, use_gpu=use_gpu)
     return folder
 
 

@@ -179,3 +179,17 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, num_gpu
             yield
         finally:
             ray.shutdown()
+
+
+def run_as_task(function, *args, cpus: float, use_gpu: bool):
+    """``function(*args)`` as one Ray task reserving ``cpus`` CPUs and, with ``use_gpu``, one GPU, never retried
+    (Ray must be up); returns its result, and a DaqSearchError it raised is raised here as it is."""
+    import ray
+
+    task = ray.remote(function).options(num_cpus=cpus, num_gpus=1 if use_gpu else 0, max_retries=0)
+    try:
+        return ray.get(task.remote(*args))
+    except ray.exceptions.RayTaskError as err:
+        if isinstance(err.cause, DaqSearchError):
+            raise DaqSearchError(str(err.cause)) from None
+        raise

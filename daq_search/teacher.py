@@ -32,6 +32,7 @@ from .kd import (
 )
 from .logs import show_progress
 from .models import create_for, model_arch
+from .runtime import run_as_task
 from .transforms import build_batch_mix
 
 logger = logging.getLogger(__name__)
@@ -145,8 +146,6 @@ def ensure_teacher(
     """The teacher checkpoint a search's trials read: ``teacher.checkpoint`` as given, else the cached training,
     else a training run now as a Ray task reserving ``cpus`` CPUs and, with ``use_gpu``, one GPU (Ray must be up);
     the caller only waits for it. A DaqSearchError raised in the task is raised here as is."""
-    import ray
-
     if teacher.checkpoint is not None:
         return Path(teacher.checkpoint)
     path = teacher_cache_path(data, teacher, cache_dir)
@@ -154,13 +153,11 @@ def ensure_teacher(
         logger.info(f"teacher: cached {path}")
         return path
     logger.info(f"teacher: training {teacher.model} for {teacher.recipe.epochs} epochs as a Ray task")
-    task = ray.remote(_train_teacher_task).options(num_cpus=cpus, num_gpus=1 if use_gpu else 0, max_retries=0)
-    try:
-        return Path(ray.get(task.remote(data, teacher, str(cache_dir), cpus, use_gpu, workers)))
-    except ray.exceptions.RayTaskError as err:
-        if isinstance(err.cause, DaqSearchError):
-            raise DaqSearchError(str(err.cause)) from None
-        raise
+    return Path(
+        run_as_task(
+            _train_teacher_task, data, teacher, str(cache_dir), cpus, use_gpu, workers, cpus=cpus, use_gpu=use_gpu
+        )
+    )
 
 
 def _train_teacher_task(
