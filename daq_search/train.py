@@ -11,13 +11,16 @@ Outputs, all under ``RUN_DIR/final/`` (``RUN_DIR/final/<name>/`` for a ``name`` 
 - ``metrics.json``: test top-1 (fraction in [0, 1]) and cross-entropy (nats) of the fake-quantized student and of
   the full-precision teacher, the candidate, bits, epochs, workers, wall seconds, and under ``baseline`` the same
   student trained with the baseline augmentation plus ``difference_pp`` = (winner - baseline) test top-1 in
-  percentage points; ``artifact_sha256`` is the SHA-256 of the ``student_int.pt`` it describes.
+  percentage points; ``shipped_run`` and ``shipped_candidate`` name the run whose model ``student_int.pt`` holds
+  (the baseline's only when its last validation accuracy is higher:
+  :func:`daq_search.selection.ships_baseline`); ``artifact_sha256`` is the SHA-256 of that ``student_int.pt``.
 - ``epochs.parquet``: one row per epoch and run (``run`` is ``<name>`` or ``<name>-baseline``): mean train loss
   per image over all workers, val top-1 and loss (on the epochs :func:`next_validation` picks and the last; NaN on
   the others), aggregate images/s, and the learning rate at the epoch's start.
 - ``ray.log``: Ray's and the workers' log lines and one line per epoch; the terminal gets a progress line with an
   ETA after every tenth of each run.
-- ``student_int.pt``: ``{"arch": {...}, "state": export_int_state(student)}``; :func:`load_int_artifact` rebuilds it.
+- ``student_int.pt``: ``{"arch": {...}, "state": export_int_state(student)}`` of the shipped run;
+  :func:`load_int_artifact` rebuilds it.
 - ``RUN_DIR/final/ray/<name>/`` and ``RUN_DIR/final/ray/<name>-baseline/``: Ray Train's run folders, with a
   checkpoint after the first epoch ending :data:`CHECKPOINT_EVERY_S` seconds after the previous one and after the
   last epoch (the last two kept). Re-running the same command with the same name continues each run from its last
@@ -75,6 +78,7 @@ from .logs import show_progress
 from .models import create_model
 from .quant import export_int_state, load_int_state, quantize
 from .runtime import check_address, ray_session
+from .selection import ships_baseline
 from .student import build_student
 from .teacher import load_teacher
 from .transforms import build_batch_mix
@@ -215,9 +219,11 @@ def run_final(
             logger.info(f"the {len(runs)} runs train at the same time (the cluster has the CPUs for both)")
         results = _run_all(fits, together)
     outcomes = {run_name: outcome for (run_name, _), (outcome, _) in zip(runs, results, strict=True)}
-    artifact = results[0][1]
 
     metrics = _summarise(job, name, candidate, baseline_id, outcomes, workers, use_gpu, storage, together)
+    artifact = dict(zip((run_name for run_name, _ in runs), (a for _, a in results), strict=True))[
+        metrics["shipped_run"]
+    ]
     metrics["wall_s"] = time.perf_counter() - start
     rows = [dict(row, run=run_name) for run_name, outcome in outcomes.items() for row in outcome["history"]]
     with artifact.as_directory() as folder:
@@ -480,6 +486,8 @@ def _summarise(
         "baseline": None,
         "difference_pp": None,
         "difference_se_pp": None,
+        "shipped_run": name,
+        "shipped_candidate": candidate,
     }
     if baseline_id == candidate:
         metrics["baseline"] = {"candidate": baseline_id, "skipped": "same as the winner"}
@@ -501,6 +509,8 @@ def _summarise(
         metrics["difference_se_pp"] = 100.0 * difference_se(
             winner["test_acc"], other["test_acc"], winner["test_images"]
         )
+        if ships_baseline(metrics["val_acc"], metrics["baseline"]["val_acc"]):
+            metrics["shipped_run"], metrics["shipped_candidate"] = f"{name}-baseline", baseline_id
     return metrics
 
 
@@ -525,7 +535,16 @@ def _summary_lines(metrics: dict) -> list[str]:
             f"baseline {baseline['candidate']}: test acc {100 * baseline['student_test_acc']:.2f} %; "
             f"winner - baseline = {metrics['difference_pp']:+.2f} pp (standard error {metrics['difference_se_pp']:.2f} pp)"
         )
+        whose = "winner's" if metrics["shipped_run"] == metrics["name"] else f"baseline's ({baseline['candidate']})"
+        lines.append(
+            f"{ARTIFACT_FILE}: the {whose} model, the higher validation accuracy at the last epoch "
+            f"(winner {_percent(metrics['val_acc'])}, baseline {_percent(baseline['val_acc'])}; a tie keeps the winner)"
+        )
     return lines
+
+
+def _percent(fraction: float | None) -> str:
+    return "n/a" if fraction is None else f"{100 * fraction:.2f} %"
 
 
 # --- inside a Ray Train worker -------------------------------------------------------------------------------

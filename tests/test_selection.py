@@ -18,6 +18,7 @@ from daq_search.selection import (
     default_trial_epochs,
     describe_rule,
     is_default_rule,
+    ships_baseline,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,3 +92,10 @@ def test_the_committed_shipped_search_ran_the_package_defaults():
         assert (record["trunk"], record["branch_at"]) == (DEFAULT_TRUNK, DEFAULT_BRANCH_AT)
         assert (record["objective"], record["num_samples"]) == (DEFAULT_OBJECTIVE, DEFAULT_NUM_SAMPLES)
         assert len(record["searcher_seeds"]) >= 3 and len(record["picks"]) == len(record["regret_pp"])
+
+
+def test_the_final_training_ships_the_baseline_only_when_its_validation_is_strictly_higher():
+    assert ships_baseline(0.70, 0.71)
+    assert not ships_baseline(0.71, 0.71)  # a tie keeps the search's winner, never favouring none
+    assert not ships_baseline(0.71, 0.70)
+    assert not ships_baseline(None, 0.9) and not ships_baseline(0.5, None)

@@ -413,6 +413,26 @@ def test_baseline_is_trained_and_compared(second_run):
     assert set(rows[rows["run"] == "final-baseline"]["candidate"]) == {"none"}
 
 
+@pytest.mark.slow
+def test_the_artifact_is_the_run_with_the_higher_last_validation_accuracy(second_run):
+    run_dir, metrics, lines = second_run
+    baseline = metrics["baseline"]
+    ships_baseline = baseline["val_acc"] > metrics["val_acc"]
+    shipped = "final-baseline" if ships_baseline else "final"
+    assert (metrics["shipped_run"], metrics["shipped_candidate"]) == (
+        shipped,
+        "none" if ships_baseline else metrics["candidate"],
+    )
+    rows = pd.read_parquet(run_dir / "final" / "epochs.parquet")
+    assert metrics["val_acc"] == rows[rows["run"] == "final"]["val_acc"].iloc[-1]
+    assert baseline["val_acc"] == rows[rows["run"] == "final-baseline"]["val_acc"].iloc[-1]
+    bundle = load_data(DataConfig(**_job(None, None)["data"]).spec())
+    accuracy, _ = evaluate(load_int_artifact(run_dir / "final" / ARTIFACT_FILE), eval_loader(bundle.test, bundle, 512))
+    assert accuracy == (baseline["student_test_acc"] if ships_baseline else metrics["student_test_acc"])
+    whose = "baseline's (none)" if ships_baseline else "winner's"
+    assert any(f"{ARTIFACT_FILE}: the {whose} model" in line for line in lines)
+
+
 def test_baseline_equal_to_winner_is_skipped(caplog):
     caplog.set_level(logging.INFO, logger=PACKAGE_LOGGER)
     assert _planned_runs("final", WINNER, WINNER) == [("final", WINNER)]
