@@ -22,6 +22,7 @@ the baseline, trained anyway to report the gain, is then the better model at no 
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -103,8 +104,9 @@ def describe_rule(job: JobSpec) -> str:
 
 def ships_baseline(winner_val_acc: float | None, baseline_val_acc: float | None) -> bool:
     """Whether the final training ships the baseline's model instead of the winner's: only when the baseline's
-    validation accuracy (fraction) at its last epoch is strictly higher; a tie, or a missing reading, keeps the
-    search's winner."""
-    if winner_val_acc is None or baseline_val_acc is None:
+    validation accuracy (fraction) at its last epoch is strictly higher; a tie, or a missing or NaN reading, keeps
+    the search's winner."""
+    readings = (winner_val_acc, baseline_val_acc)
+    if any(value is None or not math.isfinite(value) for value in readings):
         return False
     return baseline_val_acc > winner_val_acc

@@ -11,8 +11,8 @@ Outputs, all under ``RUN_DIR/final/`` (``RUN_DIR/final/<name>/`` for a ``name`` 
 - ``metrics.json``: test top-1 (fraction in [0, 1]) and cross-entropy (nats) of the fake-quantized student and of
   the full-precision teacher, the candidate, bits, epochs, workers, wall seconds, and under ``baseline`` the same
   student trained with the baseline augmentation plus ``difference_pp`` = (winner - baseline) test top-1 in
-  percentage points; ``shipped_run`` and ``shipped_candidate`` name the run whose model ``student_int.pt`` holds
-  (the baseline's only when its last validation accuracy is higher:
+  percentage points; ``shipped_run``, ``shipped_candidate`` and ``shipped_test_acc`` name the run whose model
+  ``student_int.pt`` holds and its test top-1 (the baseline's only when its last validation accuracy is higher:
   :func:`daq_search.selection.ships_baseline`); ``artifact_sha256`` is the SHA-256 of that ``student_int.pt``.
 - ``epochs.parquet``: one row per epoch and run (``run`` is ``<name>`` or ``<name>-baseline``): mean train loss
   per image over all workers, val top-1 and loss (on the epochs :func:`next_validation` picks and the last; NaN on
@@ -488,6 +488,7 @@ def _summarise(
         "difference_se_pp": None,
         "shipped_run": name,
         "shipped_candidate": candidate,
+        "shipped_test_acc": winner["test_acc"],
     }
     if baseline_id == candidate:
         metrics["baseline"] = {"candidate": baseline_id, "skipped": "same as the winner"}
@@ -511,6 +512,7 @@ def _summarise(
         )
         if ships_baseline(metrics["val_acc"], metrics["baseline"]["val_acc"]):
             metrics["shipped_run"], metrics["shipped_candidate"] = f"{name}-baseline", baseline_id
+            metrics["shipped_test_acc"] = other["test_acc"]
     return metrics
 
 

@@ -99,3 +99,4 @@ def test_the_final_training_ships_the_baseline_only_when_its_validation_is_stric
     assert not ships_baseline(0.71, 0.71)  # a tie keeps the search's winner, never favouring none
     assert not ships_baseline(0.71, 0.70)
     assert not ships_baseline(None, 0.9) and not ships_baseline(0.5, None)
+    assert not ships_baseline(float("nan"), 0.9) and not ships_baseline(0.5, float("nan"))

@@ -414,23 +414,55 @@ def test_baseline_is_trained_and_compared(second_run):
 
 
 @pytest.mark.slow
-def test_the_artifact_is_the_run_with_the_higher_last_validation_accuracy(second_run):
+def test_the_artifact_is_the_shipped_run(second_run):
     run_dir, metrics, lines = second_run
-    baseline = metrics["baseline"]
-    ships_baseline = baseline["val_acc"] > metrics["val_acc"]
-    shipped = "final-baseline" if ships_baseline else "final"
-    assert (metrics["shipped_run"], metrics["shipped_candidate"]) == (
-        shipped,
-        "none" if ships_baseline else metrics["candidate"],
-    )
-    rows = pd.read_parquet(run_dir / "final" / "epochs.parquet")
-    assert metrics["val_acc"] == rows[rows["run"] == "final"]["val_acc"].iloc[-1]
-    assert baseline["val_acc"] == rows[rows["run"] == "final-baseline"]["val_acc"].iloc[-1]
     bundle = load_data(DataConfig(**_job(None, None)["data"]).spec())
     accuracy, _ = evaluate(load_int_artifact(run_dir / "final" / ARTIFACT_FILE), eval_loader(bundle.test, bundle, 512))
-    assert accuracy == (baseline["student_test_acc"] if ships_baseline else metrics["student_test_acc"])
-    whose = "baseline's (none)" if ships_baseline else "winner's"
-    assert any(f"{ARTIFACT_FILE}: the {whose} model" in line for line in lines)
+    assert accuracy == metrics["shipped_test_acc"]
+    shipped = {"final": metrics["student_test_acc"], "final-baseline": metrics["baseline"]["student_test_acc"]}
+    assert metrics["shipped_test_acc"] == shipped[metrics["shipped_run"]]
+    assert any(line.startswith(f"{ARTIFACT_FILE}: the ") for line in lines)
+
+
+def _outcome(test_acc: float, val_acc: float | None) -> dict:
+    """A made-up finished run as ``_fit`` returns it: its test top-1 and its last epoch's val top-1."""
+    history = [] if val_acc is None else [{"epoch": 2, "val_acc": val_acc}]
+    return {
+        "epochs_done": 2, "test_acc": test_acc, "test_loss": 1.0, "teacher_test_acc": 0.9, "teacher_test_loss": 0.3,
+        "history": history, "resumed_from_epoch": 0, "continued_from": None, "restarts": 0,
+        "restored_from_epochs": [], "replica_checksums": [], "device": "cpu", "backend": "gloo", "wall_s": 1.0,
+        "test_images": 400,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("winner_val", "baseline_val", "shipped"),
+    [(0.70, 0.72, "f-baseline"), (0.72, 0.72, "f"), (0.72, 0.70, "f"), (None, 0.9, "f"), (math.nan, 0.9, "f")],
+)
+def test_metrics_name_the_shipped_run_the_baseline_only_when_its_validation_is_higher(
+    any_teacher_file, winner_val, baseline_val, shipped
+):
+    job = JobSpec.model_validate({**_job(any_teacher_file, WINNER), "name": "tiny"})
+    outcomes = {"f": _outcome(0.61, winner_val), "f-baseline": _outcome(0.55, baseline_val)}
+    metrics = train._summarise(job, "f", WINNER, "none", outcomes, 2, False, "s", False)
+    assert metrics["shipped_run"] == shipped
+    assert (metrics["shipped_candidate"], metrics["shipped_test_acc"]) == (
+        ("none", 0.55) if shipped == "f-baseline" else (WINNER, 0.61)
+    )
+    assert metrics["student_test_acc"] == 0.61 and metrics["difference_pp"] == pytest.approx(6.0)
+    whose = "baseline's (none)" if shipped == "f-baseline" else "winner's"
+    assert any(line.startswith(f"{ARTIFACT_FILE}: the {whose} model") for line in train._summary_lines(metrics))
+
+
+def test_without_a_baseline_the_winner_ships(any_teacher_file):
+    job = JobSpec.model_validate(_job(any_teacher_file, WINNER))
+    for baseline, outcomes in ((None, {"f": _outcome(0.61, 0.5)}), (WINNER, {"f": _outcome(0.61, 0.5)})):
+        metrics = train._summarise(job, "f", WINNER, baseline, outcomes, 2, False, "s", False)
+        assert (metrics["shipped_run"], metrics["shipped_candidate"], metrics["shipped_test_acc"]) == (
+            "f",
+            WINNER,
+            0.61,
+        )
 
 
 def test_baseline_equal_to_winner_is_skipped(caplog):
