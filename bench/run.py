@@ -170,6 +170,7 @@ def write_outputs(summaries: list[dict], out: Path, quick: bool, meta: dict) -> 
     tables) and the plots (a scatter per complete regime and the cost-regret plot), whatever the gates say."""
     out.mkdir(parents=True, exist_ok=True)
     table = cross_regime(summaries)
+    summaries = with_shipped_search(summaries, out / "results.json")
     write_atomic(
         out / "results.json",
         json.dumps({"quick": quick, **meta, "regimes": summaries, "cross_regime": table}, indent=1),
@@ -189,6 +190,23 @@ def write_outputs(summaries: list[dict], out: Path, quick: bool, meta: dict) -> 
     cost_regret_plot(summaries, out / "cost-regret.png")
     write_atomic(out / "results.md", "\n".join(lines))
     write_atomic(out / "summary.md", "\n".join(summary_lines(summaries, table, quick, meta)))
+
+
+def with_shipped_search(summaries: list[dict], previous: Path) -> list[dict]:
+    """``summaries`` with each regime's ``shipped_search`` carried over from the ``previous`` results.json (written
+    by ``bench.shipped``, which this benchmark does not rerun), where the regime's config is unchanged."""
+    if not previous.is_file():
+        return summaries
+    kept = {
+        (r["regime"], json.dumps(r.get("config"), sort_keys=True)): r["shipped_search"]
+        for r in json.loads(previous.read_text()).get("regimes", [])
+        if "shipped_search" in r
+    }
+    return [
+        {**s, "shipped_search": kept[key]} if (key := (s["regime"], json.dumps(s.get("config"), sort_keys=True))) in kept
+        else s
+        for s in summaries
+    ]  # fmt: skip
 
 
 def summary_lines(summaries: list[dict], table: dict, quick: bool, meta: dict) -> list[str]:

@@ -381,16 +381,101 @@ def test_trial_training_resumed_from_its_state_matches_an_uninterrupted_run():
 
 def test_shipped_search_summary_regret_and_cost_from_hand_values():
     from bench.regimes import build_regime
-    from bench.shipped import summarise
+    from bench.shipped import BASELINE, summarise
 
     regime = build_regime("scenes32-10pc-ladder-320ep")
     run = {"distinct_trained": 8, "branch_test_top1": 0.66, "trial_seconds": 1.0, "search_wall_s": 2.0}
     searches = [
         {**run, "searcher_seed": 0, "pick": "x"},
         {**run, "searcher_seed": 1, "pick": "b", "distinct_trained": 4},
+        {**run, "searcher_seed": 2, "pick": "none"},
     ]
-    summary = summarise(regime, searches, {"x": [70.0, 72.0]}, {"none": 60.0, "b": 65.0})
-    assert summary["picks"] == ["x", "b"] and summary["best"] == "x" and summary["best_pct"] == 71.0
-    assert summary["regret_pp"] == [0.0, 6.0] and summary["none_pct"] == 60.0
-    assert summary["cost"] == [8 * 96 / (8 * 320), 4 * 96 / (8 * 320)]  # 0.3 and 0.15 of the 8-candidate sweep
-    assert summary["branch_test_pct"] == [66.0, 66.0] and summary["num_samples"] == 8
+    delivered = {  # per ground-truth seed: the pick continuing the trunk, and the baseline alone
+        "x": [{"test": 69.0, "val": 70.0}, {"test": 71.0, "val": 70.0}],
+        "b": [{"test": 72.0, "val": 60.0}, {"test": 72.0, "val": 75.0}],
+        "none": [{"test": 50.0, "val": 10.0}, {"test": 52.0, "val": 10.0}],
+        BASELINE: [{"test": 74.0, "val": 70.0}, {"test": 60.0, "val": 71.0}],
+    }
+    summary = summarise(regime, searches, {"x": [70.0, 72.0]}, {"none": 60.0, "b": 65.0}, delivered)
+    assert summary["picks"] == ["x", "b", "none"] and summary["best"] == "x" and summary["best_pct"] == 71.0
+    assert summary["regret_pp"] == [0.0, 6.0, 11.0] and summary["none_pct"] == 60.0
+    assert summary["cost"] == [8 * 96 / (8 * 320), 4 * 96 / (8 * 320), 0.3]  # shares of the 8-candidate sweep
+    assert summary["branch_test_pct"] == [66.0, 66.0, 66.0] and summary["num_samples"] == 8
+    assert summary["delivered_pct"] == [70.0, 72.0, 51.0]
+    # x: seed 0 ties on validation (keeps x, 69), seed 1 the baseline's is higher (ships it, 60); b: seed 0 the
+    # baseline's is higher (74), seed 1 b's (72); none is the baseline itself, so it ships as delivered (51)
+    assert summary["baseline_shipped"] == [1, 1, 0]
+    assert summary["shipped_pct"] == [64.5, 73.0, 51.0]
+    # against the best of alone (x, 71), delivered (b, 72) and shipped (b, 73)
+    assert summary["delivered_regret_pp"] == [3.0, 1.0, 22.0]
+    assert summary["shipped_regret_pp"] == [8.5, 0.0, 22.0]
+    assert summary["baseline_alone_pct"] == 67.0
+
+
+def test_delivered_pick_continues_the_trunk_so_the_trunks_own_candidate_equals_training_alone(tmp_path):
+    from bench.runs import run_student, run_teacher
+    from bench.shipped import BASELINE, _delivered_key, _run_delivered, shipped_job
+
+    regime = build_regime("quick-digits")
+    trunk = shipped_job(regime, 0).branch.trunk
+    run_teacher(Job("teacher", regime), tmp_path, "cpu")
+    threads = torch.get_num_threads()
+    try:
+        delivered = _run_delivered((regime.name, 1, ["none", trunk, BASELINE], str(tmp_path)))  # trunk's own second
+        alone = run_student(Job("student", regime, trunk, 1), tmp_path, "cpu")
+        none_alone = run_student(Job("student", regime, "none", 1), tmp_path, "cpu")
+    finally:
+        torch.set_num_threads(threads)
+    keys = [_delivered_key(regime, name, 1) for name in (trunk, "none", BASELINE)]
+    assert set(delivered) == set(keys) and len(set(keys)) == 3
+    # the trunk continued under its own candidate is the same training as that candidate alone, batch for batch
+    assert delivered[keys[0]]["test"] == 100 * alone["test_top1"]
+    # the baseline is `none` trained alone from scratch, not continuing the trunk
+    assert delivered[keys[2]]["test"] == 100 * none_alone["test_top1"]
+
+
+def test_the_benchmark_keeps_the_shipped_search_of_a_regime_whose_config_is_unchanged(tmp_path):
+    from bench.run import with_shipped_search
+
+    previous = tmp_path / "results.json"
+    shipped = {"picks": ["x"], "regret_pp": [0.5]}
+    old = [
+        {"regime": "a", "config": {"epochs": 80}, "shipped_search": shipped},
+        {"regime": "b", "config": {"epochs": 40}, "shipped_search": shipped},
+        {"regime": "c", "config": {"epochs": 10}},
+    ]
+    previous.write_text(json.dumps({"regimes": old}))
+    new = [{"regime": "a", "config": {"epochs": 80}}, {"regime": "b", "config": {"epochs": 60}}, {"regime": "c"}]
+    kept = with_shipped_search(new, previous)
+    assert kept[0] == {"regime": "a", "config": {"epochs": 80}, "shipped_search": shipped}
+    assert "shipped_search" not in kept[1] and "shipped_search" not in kept[2]  # b's regime changed; c had none
+    assert with_shipped_search(new, tmp_path / "absent.json") == new
+
+
+def test_shipped_table_rows_and_worst_regrets_from_hand_values():
+    from bench.shipped import shipped_lines
+
+    record = {
+        "ground_truth_seeds": [8, 9],
+        "searcher_seeds": [0, 1],
+        "picks": ["x", "none"],
+        "pick_true_pct": [70.0, 60.0],
+        "regret_pp": [1.0, 11.0],
+        "delivered_pct": [71.0, 62.0],
+        "delivered_regret_pp": [0.5, 9.5],
+        "shipped_pct": [71.5, 62.0],
+        "shipped_regret_pp": [0.0, 9.5],
+        "baseline_shipped": [1, 0],
+        "cost": [0.3, 0.15],
+    }
+    other = {**record, "regret_pp": [12.0, 0.0], "delivered_regret_pp": [0.0, 0.0], "shipped_regret_pp": [0.0, 0.0]}
+    lines = shipped_lines(
+        [{"regime": "a", "shipped_search": record}, {"regime": "b"}, {"regime": "c", "shipped_search": other}]
+    )
+    rows = [line for line in lines if line.startswith("| a |")]
+    assert rows == [
+        "| a | 0 | x | 70.00 (1.00) | 71.00 (0.50) | 71.50 (0.00) | 1 of 2 | 0.30 |",
+        "| a | 1 | none | 60.00 (11.00) | 62.00 (9.50) | 62.00 (9.50) | 0 of 2 | 0.15 |",
+    ]
+    assert not any(line.startswith("| b |") for line in lines)
+    assert "Worst regret over the 2 regimes measured: alone 12.00 pp, delivered 9.50 pp, shipped 9.50 pp." in lines
