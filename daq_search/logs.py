@@ -33,3 +33,18 @@ def show_progress() -> None:
         handler = _StdoutHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
+
+
+def quiet_worker_shutdown() -> None:
+    """In a Ray worker process: drop the "Exception ignored" traceback Python prints when Ray's SIGTERM handler
+    raises ``SystemExit`` inside a garbage-collection callback while Ray stops the worker (an ordinary end of a
+    trial's actor, not an error); every other unraisable exception is printed as before."""
+    if getattr(sys.unraisablehook, "_daq_quiet", False):
+        return
+
+    def hook(unraisable, previous=sys.unraisablehook):
+        if not isinstance(unraisable.exc_value, SystemExit):
+            previous(unraisable)
+
+    hook._daq_quiet = True
+    sys.unraisablehook = hook

@@ -24,7 +24,7 @@ from ..config import JobSpec
 from ..data import DataBundle, DataSpec
 from ..errors import DaqSearchError
 from ..kd import check_precision, loader_workers, training_threads
-from ..logs import show_progress
+from ..logs import quiet_worker_shutdown, show_progress
 from ..spaces import SearchSpace
 from ..teacher import load_teacher
 from ..trial_training import TrialTraining
@@ -172,6 +172,7 @@ def run_trial(config: dict) -> None:
     """
     logging.getLogger("ray").setLevel(logging.WARNING)
     show_progress()
+    quiet_worker_shutdown()
     job = JobSpec.model_validate(config["job"])
     if config.get(REPEAT_KEY) and config.get(RUN_DIR_KEY) and replay_trial(config[CANDIDATE_KEY], config[RUN_DIR_KEY]):
         return
