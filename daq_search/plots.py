@@ -91,7 +91,8 @@ def plot_run(run_dir: str | Path, out_png: str | Path, metric: str | None = None
     """A PNG of a search: left, each candidate's selection value (``metric`` at its last epoch; default the run's
     objective, :func:`plot_metric`) with a +-1 standard-error bar where the table has one, the winner on top and
     ``none`` in red; right, ``metric`` per epoch for the top :data:`TOP_CURVES` candidates (epochs without a value
-    are skipped). Returns the path."""
+    are skipped), or their training loss where ``metric`` was read at one epoch only (a branch is read at its end).
+    Returns the path."""
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
 
@@ -115,13 +116,17 @@ def plot_run(run_dir: str | Path, out_png: str | Path, metric: str | None = None
     values.set_title(f"selection: winner {rows['candidate'].iloc[0]}" if len(rows) else "no trial reported yet")
     if len(rows):
         values.legend(loc="best", fontsize=8)
-    for _, row in rows.head(TOP_CURVES).iterrows():
-        curve = epochs[epochs["trial_id"] == row["trial_id"]].dropna(subset=[metric]).sort_values("epoch")
-        curves.plot(curve["epoch"], curve[metric], marker="o", markersize=3, label=row["candidate"])
+    top = [
+        epochs[epochs["trial_id"] == trial_id].sort_values("epoch") for trial_id in rows["trial_id"].head(TOP_CURVES)
+    ]
+    curve_metric = metric if any(curve[metric].notna().sum() > 1 for curve in top) else "train_loss"
+    for curve, candidate in zip(top, rows["candidate"], strict=False):
+        curve = curve.dropna(subset=[curve_metric])
+        curves.plot(curve["epoch"], curve[curve_metric], marker="o", markersize=3, label=candidate)
     curves.xaxis.set_major_locator(MaxNLocator(integer=True))
     curves.set_xlabel("epoch")
-    curves.set_ylabel(metric)
-    curves.set_title(f"{metric} per epoch, top {min(TOP_CURVES, len(rows))}")
+    curves.set_ylabel(curve_metric)
+    curves.set_title(f"{curve_metric} per epoch, top {min(TOP_CURVES, len(rows))}")
     if len(rows):
         curves.legend(loc="best", fontsize=8)
     return _save(fig, out_png)

@@ -99,6 +99,24 @@ def test_plot_run_draws_the_ranking_and_the_top_three_curves(tmp_path, monkeypat
     assert list(curves.lines[0].get_ydata()) == pytest.approx([0.7, 0.8])
 
 
+def test_branches_read_once_draw_their_training_loss_instead(tmp_path, monkeypatch):
+    table = TrialTable(tmp_path, max_epochs=3, knob_types=KNOBS, objective="val_acc", mode="max")
+    for number, candidate in enumerate(("none", "trivialaugment")):
+        table.start(f"t{number}", candidate, {"policy": candidate, "mix": "none"})
+        for epoch in (1, 2, 3):
+            read = 0.5 + 0.1 * number if epoch == 3 else math.nan
+            table.add_epoch(f"t{number}", epoch, {**dict.fromkeys(REPORTED_METRICS, math.nan), "val_acc": read,
+                                                  "train_loss": 2.0 / epoch + number})  # fmt: skip
+        table.end(f"t{number}")
+    table.write()
+    figures = drawn_figures(monkeypatch)
+    plot_run(tmp_path, tmp_path / "run.png")
+    curves = figures[0].axes[1]
+    assert curves.get_ylabel() == "train_loss" and curves.get_title() == "train_loss per epoch, top 2"
+    assert [line.get_label() for line in curves.lines] == ["trivialaugment", "none"]
+    assert list(curves.lines[0].get_ydata()) == pytest.approx([3.0, 2.0, 5 / 3])
+
+
 def test_plot_draws_the_runs_objective(tmp_path, monkeypatch):
     search_run(tmp_path, objective="score_ce")
     figures = drawn_figures(monkeypatch)
