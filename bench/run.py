@@ -194,19 +194,17 @@ def write_outputs(summaries: list[dict], out: Path, quick: bool, meta: dict) -> 
 
 def with_shipped_search(summaries: list[dict], previous: Path) -> list[dict]:
     """``summaries`` with each regime's ``shipped_search`` carried over from the ``previous`` results.json (written
-    by ``bench.shipped``, which this benchmark does not rerun), where the regime's config is unchanged."""
+    by ``bench.shipped``, which this benchmark does not rerun), where the regime's config, seeds and candidates are
+    unchanged."""
     if not previous.is_file():
         return summaries
-    kept = {
-        (r["regime"], json.dumps(r.get("config"), sort_keys=True)): r["shipped_search"]
-        for r in json.loads(previous.read_text()).get("regimes", [])
-        if "shipped_search" in r
-    }
-    return [
-        {**s, "shipped_search": kept[key]} if (key := (s["regime"], json.dumps(s.get("config"), sort_keys=True))) in kept
-        else s
-        for s in summaries
-    ]  # fmt: skip
+    regimes = json.loads(previous.read_text()).get("regimes", [])
+    kept = {_regime_identity(r): r["shipped_search"] for r in regimes if "shipped_search" in r}
+    return [{**s, "shipped_search": kept[_regime_identity(s)]} if _regime_identity(s) in kept else s for s in summaries]
+
+
+def _regime_identity(summary: dict) -> str:
+    return json.dumps([summary["regime"], *(summary.get(k) for k in ("config", "seeds", "candidates"))], sort_keys=True)
 
 
 def summary_lines(summaries: list[dict], table: dict, quick: bool, meta: dict) -> list[str]:

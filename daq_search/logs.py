@@ -1,5 +1,6 @@
 """Progress lines: each module logs them at INFO through ``logging.getLogger(__name__)``, under the ``daq_search``
-logger; :func:`show_progress` prints them (the CLI, and Ray workers whose lines the terminal shows, call it)."""
+logger; :func:`show_progress` prints them (the CLI, and Ray workers whose lines the terminal shows, call it).
+:func:`quiet_worker_shutdown` keeps the traceback of Ray stopping a trial's worker off the terminal."""
 
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from pathlib import Path
 
 import pandas as pd
@@ -26,6 +27,8 @@ BASELINE_SUFFIX = "-baseline"
 """A final training's ``run`` column names the baseline run ``<name>-baseline``."""
 NONE = "none"
 TOP_CURVES = 3
+TITLE_WIDTH = 80
+"""Characters per line of the final training's title (longer titles wrap)."""
 
 
 def plot_metric(trials: pd.DataFrame, metric: str | None = None) -> str:
@@ -91,12 +94,14 @@ def plot_run(run_dir: str | Path, out_png: str | Path, metric: str | None = None
     """A PNG of a search: left, each candidate's selection value (``metric`` at its last epoch; default the run's
     objective, :func:`plot_metric`) with a +-1 standard-error bar where the table has one, the winner on top and
     ``none`` in red; right, ``metric`` per epoch for the top :data:`TOP_CURVES` candidates (epochs without a value
-    are skipped), or their training loss where ``metric`` was read at one epoch only (a branch is read at its end).
+    are skipped), or, when no ``metric`` is given and the objective was read at one epoch only (a branch is read at
+    its end), their training loss.
     Returns the path."""
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
 
     trials, epochs = read_trials(run_dir), read_epochs(run_dir)
+    chosen_metric = metric is not None
     metric = plot_metric(trials, metric)
     rows = selection_rows(trials, metric)
     fig, (values, curves) = plt.subplots(1, 2, figsize=(13, max(4.2, 1.6 + 0.32 * len(rows))))
@@ -119,8 +124,9 @@ def plot_run(run_dir: str | Path, out_png: str | Path, metric: str | None = None
     top = [
         epochs[epochs["trial_id"] == trial_id].sort_values("epoch") for trial_id in rows["trial_id"].head(TOP_CURVES)
     ]
-    curve_metric = metric if any(curve[metric].notna().sum() > 1 for curve in top) else "train_loss"
-    for curve, candidate in zip(top, rows["candidate"], strict=False):
+    read_once = not any(curve[metric].notna().sum() > 1 for curve in top)
+    curve_metric = "train_loss" if read_once and not chosen_metric else metric
+    for curve, candidate in zip(top, rows["candidate"].head(TOP_CURVES), strict=True):
         curve = curve.dropna(subset=[curve_metric])
         curves.plot(curve["epoch"], curve[curve_metric], marker="o", markersize=3, label=candidate)
     curves.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -178,8 +184,8 @@ def plot_final(final_dir: str | Path, out_png: str | Path) -> Path:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy (%)")
-    ax.set_title(final_title(metrics), fontsize=10)
-    ax.legend(loc="best", fontsize=8)
+    ax.set_title(textwrap.fill(final_title(metrics), TITLE_WIDTH), fontsize=10)
+    ax.legend(loc="lower right", fontsize=8)
     return _save(fig, out_png)
 
 

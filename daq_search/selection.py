@@ -16,7 +16,7 @@ and ``branch: null`` runs independent short trials instead (:func:`default_trial
 
 The final training trains the winner and the baseline (``none`` unless the job says otherwise) to the end, and
 ships the one with the higher validation accuracy at its last epoch (:func:`ships_baseline`): where no augmentation
-is best, the trunk's policy holds every branch below ``none`` trained alone (the benchmark's animals regime), and
+is best, the trunk's policy can hold the branches below ``none`` trained alone (the benchmark's animals regime), and
 the baseline, trained anyway to report the gain, is then the better model at no extra cost.
 """
 

@@ -219,11 +219,10 @@ def run_final(
             logger.info(f"the {len(runs)} runs train at the same time (the cluster has the CPUs for both)")
         results = _run_all(fits, together)
     outcomes = {run_name: outcome for (run_name, _), (outcome, _) in zip(runs, results, strict=True)}
+    artifacts = {run_name: artifact for (run_name, _), (_, artifact) in zip(runs, results, strict=True)}
 
     metrics = _summarise(job, name, candidate, baseline_id, outcomes, workers, use_gpu, storage, together)
-    artifact = dict(zip((run_name for run_name, _ in runs), (a for _, a in results), strict=True))[
-        metrics["shipped_run"]
-    ]
+    artifact = artifacts[metrics["shipped_run"]]
     metrics["wall_s"] = time.perf_counter() - start
     rows = [dict(row, run=run_name) for run_name, outcome in outcomes.items() for row in outcome["history"]]
     with artifact.as_directory() as folder:
@@ -539,14 +538,15 @@ def _summary_lines(metrics: dict) -> list[str]:
         )
         whose = "winner's" if metrics["shipped_run"] == metrics["name"] else f"baseline's ({baseline['candidate']})"
         lines.append(
-            f"{ARTIFACT_FILE}: the {whose} model, the higher validation accuracy at the last epoch "
-            f"(winner {_percent(metrics['val_acc'])}, baseline {_percent(baseline['val_acc'])}; a tie keeps the winner)"
+            f"{ARTIFACT_FILE}: the {whose} model (validation accuracy at the last epoch: winner "
+            f"{_percent(metrics['val_acc'])}, baseline {_percent(baseline['val_acc'])})"
         )
     return lines
 
 
 def _percent(fraction: float | None) -> str:
-    return "n/a" if fraction is None else f"{100 * fraction:.2f} %"
+    """``fraction`` as a percentage with two decimals, or ``n/a`` when it is missing or NaN."""
+    return "n/a" if fraction is None or not math.isfinite(fraction) else f"{100 * fraction:.2f} %"
 
 
 # --- inside a Ray Train worker -------------------------------------------------------------------------------

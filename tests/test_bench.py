@@ -385,10 +385,10 @@ def test_shipped_search_summary_regret_and_cost_from_hand_values():
 
     regime = build_regime("scenes32-10pc-ladder-320ep")
     run = {"distinct_trained": 8, "branch_test_top1": 0.66, "trial_seconds": 1.0, "search_wall_s": 2.0}
-    searches = [
-        {**run, "searcher_seed": 0, "pick": "x"},
-        {**run, "searcher_seed": 1, "pick": "b", "distinct_trained": 4},
-        {**run, "searcher_seed": 2, "pick": "none"},
+    searches = [  # winner_val: the winning branch's own validation reading in its search
+        {**run, "searcher_seed": 0, "pick": "x", "winner_val": 0.70},
+        {**run, "searcher_seed": 1, "pick": "b", "distinct_trained": 4, "winner_val": 0.65},
+        {**run, "searcher_seed": 2, "pick": "none", "winner_val": 0.10},
     ]
     delivered = {  # per ground-truth seed: the pick continuing the trunk, and the baseline alone
         "x": [{"test": 69.0, "val": 70.0}, {"test": 71.0, "val": 70.0}],
@@ -402,13 +402,14 @@ def test_shipped_search_summary_regret_and_cost_from_hand_values():
     assert summary["cost"] == [8 * 96 / (8 * 320), 4 * 96 / (8 * 320), 0.3]  # shares of the 8-candidate sweep
     assert summary["branch_test_pct"] == [66.0, 66.0, 66.0] and summary["num_samples"] == 8
     assert summary["delivered_pct"] == [70.0, 72.0, 51.0]
-    # x: seed 0 ties on validation (keeps x, 69), seed 1 the baseline's is higher (ships it, 60); b: seed 0 the
-    # baseline's is higher (74), seed 1 b's (72); none is the baseline itself, so it ships as delivered (51)
-    assert summary["baseline_shipped"] == [1, 1, 0]
-    assert summary["shipped_pct"] == [64.5, 73.0, 51.0]
-    # against the best of alone (x, 71), delivered (b, 72) and shipped (b, 73)
-    assert summary["delivered_regret_pp"] == [3.0, 1.0, 22.0]
-    assert summary["shipped_regret_pp"] == [8.5, 0.0, 22.0]
+    # the baseline's validation against the search's reading: x (0.70) ties on seed 0 (keeps x, 69) and loses to
+    # 0.71 on seed 1 (ships the baseline, 60); b's 0.65 loses on both seeds (74, 60), although b's own delivered
+    # runs read 0.75 on seed 1; none is the baseline itself, so it ships as delivered (51)
+    assert summary["baseline_shipped"] == [1, 2, 0]
+    assert summary["shipped_pct"] == [64.5, 67.0, 51.0]
+    # against the best of alone (x, 71), delivered (b, 72) and shipped (b's search, 67)
+    assert summary["delivered_regret_pp"] == [2.0, 0.0, 21.0]
+    assert summary["shipped_regret_pp"] == [7.5, 5.0, 21.0]
     assert summary["baseline_alone_pct"] == 67.0
 
 
@@ -439,16 +440,24 @@ def test_the_benchmark_keeps_the_shipped_search_of_a_regime_whose_config_is_unch
 
     previous = tmp_path / "results.json"
     shipped = {"picks": ["x"], "regret_pp": [0.5]}
+    same = {"config": {"epochs": 80}, "seeds": [0, 1], "candidates": ["none", "x"]}
     old = [
-        {"regime": "a", "config": {"epochs": 80}, "shipped_search": shipped},
-        {"regime": "b", "config": {"epochs": 40}, "shipped_search": shipped},
-        {"regime": "c", "config": {"epochs": 10}},
+        {"regime": "a", **same, "shipped_search": shipped},
+        {"regime": "b", **same, "config": {"epochs": 40}, "shipped_search": shipped},
+        {"regime": "c", **same},
+        {"regime": "d", **same, "shipped_search": shipped},
     ]
     previous.write_text(json.dumps({"regimes": old}))
-    new = [{"regime": "a", "config": {"epochs": 80}}, {"regime": "b", "config": {"epochs": 60}}, {"regime": "c"}]
+    new = [
+        {"regime": "a", **same},
+        {"regime": "b", **same, "config": {"epochs": 60}},
+        {"regime": "c", **same},
+        {"regime": "d", **same, "seeds": [0, 1, 2]},
+    ]
     kept = with_shipped_search(new, previous)
-    assert kept[0] == {"regime": "a", "config": {"epochs": 80}, "shipped_search": shipped}
-    assert "shipped_search" not in kept[1] and "shipped_search" not in kept[2]  # b's regime changed; c had none
+    assert kept[0] == {"regime": "a", **same, "shipped_search": shipped}
+    # b's config and d's seeds changed; c had none
+    assert not any("shipped_search" in summary for summary in kept[1:])
     assert with_shipped_search(new, tmp_path / "absent.json") == new
 
 

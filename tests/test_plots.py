@@ -115,6 +115,8 @@ def test_branches_read_once_draw_their_training_loss_instead(tmp_path, monkeypat
     assert curves.get_ylabel() == "train_loss" and curves.get_title() == "train_loss per epoch, top 2"
     assert [line.get_label() for line in curves.lines] == ["trivialaugment", "none"]
     assert list(curves.lines[0].get_ydata()) == pytest.approx([3.0, 2.0, 5 / 3])
+    plot_run(tmp_path, tmp_path / "acc.png", metric="val_acc")  # a metric the user names is drawn as it is
+    assert figures[1].axes[1].get_ylabel() == "val_acc" and list(figures[1].axes[1].lines[0].get_xdata()) == [3]
 
 
 def test_plot_draws_the_runs_objective(tmp_path, monkeypatch):

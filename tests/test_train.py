@@ -6,7 +6,7 @@ import json
 import logging
 import math
 import threading
-from contextlib import redirect_stderr, redirect_stdout
+from contextlib import contextmanager, nullcontext, redirect_stderr, redirect_stdout
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -452,6 +452,39 @@ def test_metrics_name_the_shipped_run_the_baseline_only_when_its_validation_is_h
     assert metrics["student_test_acc"] == 0.61 and metrics["difference_pp"] == pytest.approx(6.0)
     whose = "baseline's (none)" if shipped == "f-baseline" else "winner's"
     assert any(line.startswith(f"{ARTIFACT_FILE}: the {whose} model") for line in train._summary_lines(metrics))
+
+
+class _FolderArtifact:
+    """Stands in for a Ray Train checkpoint: a folder holding one run's ``student_int.pt``."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    @contextmanager
+    def as_directory(self):
+        yield self.folder
+
+
+@pytest.mark.parametrize(("baseline_val", "written"), [(0.6, b"baseline's"), (0.5, b"winner's")])
+def test_run_final_writes_the_shipped_runs_artifact(tmp_path, teacher_file, monkeypatch, baseline_val, written):
+    run_dir = tmp_path / "run"
+    _write_winner(run_dir, _job(teacher_file, WINNER))
+
+    def two_finished_runs(fits, together):
+        results = []
+        for name, val_acc in (("winner's", 0.5), ("baseline's", baseline_val)):
+            folder = tmp_path / name
+            folder.mkdir()
+            (folder / ARTIFACT_FILE).write_bytes(name.encode())
+            results.append((_outcome(0.6, val_acc), _FolderArtifact(folder)))
+        return results
+
+    monkeypatch.setattr(train, "_run_all", two_finished_runs)
+    monkeypatch.setattr(train, "ray_session", lambda *args, **kwargs: nullcontext())
+    monkeypatch.setattr(train, "routed_worker_logs", lambda *args, **kwargs: nullcontext())
+    metrics = run_final(str(run_dir))
+    assert (run_dir / "final" / ARTIFACT_FILE).read_bytes() == written
+    assert metrics["shipped_run"] == ("final-baseline" if written == b"baseline's" else "final")
 
 
 def test_without_a_baseline_the_winner_ships(any_teacher_file):
