@@ -72,14 +72,14 @@ _BUNDLES: dict[tuple[str, str], DataBundle] = {}
 def _teacher_bundle(regime: Regime) -> DataBundle:
     """The split the teacher is trained on (``teacher_data``, else the student's), loaded once per process."""
     if regime.teacher_data is None:
-        return _bundle(regime)
+        return student_bundle(regime)
     key = (regime.key(), "teacher")
     if key not in _BUNDLES:
         _BUNDLES[key] = load_data(regime.teacher_data.spec())
     return _BUNDLES[key]
 
 
-def _bundle(regime: Regime) -> DataBundle:
+def student_bundle(regime: Regime) -> DataBundle:
     """The student's data as a job with the same teacher split loads it (:func:`load_student_data`: with
     ``teacher_data``, that split's normalisation and test set), loaded once per worker process; with ``planted`` its
     validation and test images carry the nuisance."""
@@ -99,7 +99,7 @@ def _bundle(regime: Regime) -> DataBundle:
 def test_set(regime: Regime):
     """The images every test accuracy of the regime is measured on: the student's test set (the teacher split's when
     the teacher has its own, nuisance included when planted)."""
-    return _bundle(regime).test
+    return student_bundle(regime).test
 
 
 def _teacher(regime: Regime, work_dir: Path) -> torch.nn.Module:
@@ -118,7 +118,7 @@ def run_teacher(job: Job, work_dir: Path, device: str) -> dict:
     """Train the regime's teacher on ``device`` (or load it when its checkpoint is cached: ``cached`` True and
     ``seconds`` None); returns its test and val top-1 (fractions) and the training CPU seconds."""
     regime = job.regime
-    bundle = _bundle(regime)
+    bundle = student_bundle(regime)
     cached = teacher_checkpoint(regime, work_dir).is_file()
     start = cpu_seconds()
     data = regime.teacher_data or regime.data
@@ -130,9 +130,12 @@ def run_teacher(job: Job, work_dir: Path, device: str) -> dict:
     return {"test_top1": test_acc, "val_top1": val_acc, "seconds": seconds, "cached": cached}
 
 
-def _training(job: Job, work_dir: Path, device: str, epochs: int, read: bool) -> TrialTraining:
+def student_training(job: Job, work_dir: Path, device: str, epochs: int, read: bool) -> TrialTraining:
+    """The package's ``TrialTraining`` of a student job: its candidate, its seed as the student's and the data's
+    seed, the regime's recipe over ``epochs`` epochs (a complete cosine schedule), reading the DA score when
+    ``read``."""
     regime = job.regime
-    bundle = _bundle(regime)
+    bundle = student_bundle(regime)
     return TrialTraining(
         teacher=_teacher(regime, work_dir),
         bundle=bundle,
@@ -157,7 +160,7 @@ def run_student(job: Job, work_dir: Path, device: str) -> dict:
     epoch: ``epoch``, the read metrics, ``train_seconds`` and ``read_seconds`` in CPU seconds)."""
     regime = job.regime
     epochs = job.epochs()
-    training = _training(job, work_dir, device, epochs, read=job.reads_student())
+    training = student_training(job, work_dir, device, epochs, read=job.reads_student())
     curve, train_seconds, images = [], 0.0, 0
     wall_start = time.perf_counter()
     for epoch in range(1, epochs + 1):
@@ -172,7 +175,7 @@ def run_student(job: Job, work_dir: Path, device: str) -> dict:
             row = {name: read[name] for name in READ_FIELDS}
             curve.append({"epoch": epoch, **row, "train_seconds": seconds, "read_seconds": cpu_seconds() - start})
     wall = time.perf_counter() - wall_start
-    bundle = _bundle(regime)
+    bundle = student_bundle(regime)
     test_acc, test_loss = evaluate(training.student, eval_loader(test_set(regime), bundle), device)
     val_acc, _ = evaluate(training.student, eval_loader(bundle.val, bundle), device)
     result = {
@@ -206,7 +209,7 @@ def run_teacher_rules(job: Job, work_dir: Path, device: str, repeats: int = 2) -
     (same numbers, checked), and the floor (a plain forward epoch over the scoring subset). Times are CPU seconds,
     the minimum over ``repeats`` runs for the one- and two-pass scores."""
     regime = job.regime
-    bundle = _bundle(regime)
+    bundle = student_bundle(regime)
     teacher = _teacher(regime, work_dir)
     spec = regime.job_spec()
     dataset = scoring_subset(bundle, regime.scorer.subset, regime.data.seed)
@@ -252,14 +255,14 @@ def run_cpu_probe(job: Job, work_dir: Path, device: str) -> dict:
     per_candidate = {}
     for candidate_id in job.regime.candidates:
         probe = Job("student", job.regime, candidate_id, job.regime.curve_seed(), 1.0)
-        training = _training(probe, work_dir, "cpu", job.regime.recipe.epochs, read=True)
+        training = student_training(probe, work_dir, "cpu", job.regime.recipe.epochs, read=True)
         start = cpu_seconds()
         training.train_epoch(1)
         epoch_seconds = cpu_seconds() - start
         start = cpu_seconds()
         training.read_metrics()
         per_candidate[candidate_id] = {"epoch_seconds": epoch_seconds, "read_seconds": cpu_seconds() - start}
-    bundle, teacher_bundle = _bundle(job.regime), _teacher_bundle(job.regime)
+    bundle, teacher_bundle = student_bundle(job.regime), _teacher_bundle(job.regime)
     return {
         "candidates": per_candidate,
         "student_images": len(bundle.train),

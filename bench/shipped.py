@@ -41,7 +41,7 @@ from daq_search.selection import branch_epoch, branching_cost, ships_baseline
 from daq_search.teacher import load_teacher
 
 from .regimes import build_regime
-from .runs import Job, _bundle, _training, run_student, test_set
+from .runs import Job, run_student, student_bundle, student_training, test_set
 
 SEARCHER_SEEDS = (0, 1, 2)
 VAL_POOL = "teacher_unused"
@@ -194,10 +194,10 @@ def _run_delivered(args: tuple[str, int, list[str], str]) -> dict[str, dict[str,
     epochs = regime.recipe.epochs
 
     def training(candidate: str):
-        return _training(Job("student", regime, candidate, seed), Path(work), "cpu", epochs, read=False)
+        return student_training(Job("student", regime, candidate, seed), Path(work), "cpu", epochs, read=False)
 
     def reading(student) -> dict[str, float]:
-        test, _ = evaluate(student, eval_loader(test_set(regime), _bundle(regime)))
+        test, _ = evaluate(student, eval_loader(test_set(regime), student_bundle(regime)))
         validation, _ = evaluate(student, eval_loader(val.val, val))
         return {"test": 100 * test, "val": 100 * validation}
 
