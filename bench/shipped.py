@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from daq_search.checkpoints import load_state
@@ -90,19 +89,20 @@ def run_one_search(regime, searcher_seed: int, work: Path, log) -> dict:
         if outcome.winner_file is None:
             raise RuntimeError(f"search {job.name} chose nothing")
     trials, epochs = read_trials(run_dir), read_epochs(run_dir)
-    winner = _winner(run_dir)["candidate"]
-    trained = trials[~trials["trial_id"].isin(_replayed(run_dir, trials))]
-    first = trials[trials["candidate"] == winner].sort_values("started_at", kind="stable").iloc[0]
+    winner = _winner(run_dir)
+    firsts = trials.sort_values("started_at", kind="stable").drop_duplicates("candidate")  # later ones replayed
+    trained = trials[trials["trial_id"].isin(firsts["trial_id"])]
+    first = firsts[firsts["candidate"] == winner["candidate"]].iloc[0]
     return {
         "searcher_seed": searcher_seed,
-        "pick": winner,
+        "pick": winner["candidate"],
         "winner_val": float(first[f"{job.objective}_last"]),
         "distinct_trained": int(trained["candidate"].nunique()),
         "trial_seconds": float(trained["wall_s"].sum()),
         "search_wall_s": json.loads((run_dir / "bench-wall.json").read_text())["wall_s"]
         if (run_dir / "bench-wall.json").is_file()
         else None,
-        "branch_test_top1": _branch_test_accuracy(job, run_dir, trials, winner),
+        "branch_test_top1": _branch_test_accuracy(job, run_dir / f"trial_{first['trial_id']}", winner),
         "trials": trials.drop(columns=["started_at", "ended_at"]).to_dict("records"),
         "epochs": epochs.to_dict("records"),
     }
@@ -115,23 +115,16 @@ def _winner(run_dir: Path) -> dict:
     return yaml.safe_load((run_dir / "winner.yaml").read_text())
 
 
-def _replayed(run_dir: Path, trials: pd.DataFrame) -> set[str]:
-    """Trial ids that replayed an earlier trial of the same candidate (no training)."""
-    firsts = trials.sort_values("started_at", kind="stable").drop_duplicates("candidate")["trial_id"]
-    return set(trials["trial_id"]) - set(firsts)
-
-
-def _branch_test_accuracy(job: JobSpec, run_dir: Path, trials: pd.DataFrame, winner: str) -> float | None:
-    """Test top-1 of the winning branch's own student (its last trial checkpoint), the model the search's final
-    training reproduces; None when its checkpoint is gone."""
+def _branch_test_accuracy(job: JobSpec, trial_dir: Path, winner: dict) -> float | None:
+    """Test top-1 of the winning branch's own student (the last checkpoint in its ``trial_dir``), the model the
+    search's final training reproduces; None when its checkpoint is gone. ``winner``: the search's winner.yaml."""
     from daq_search.student import build_student
 
-    first = trials[trials["candidate"] == winner].sort_values("started_at").iloc[0]["trial_id"]
-    states = sorted((run_dir / f"trial_{first}").glob(f"checkpoint_*/{TRIAL_STATE_FILE}"))
+    states = sorted(trial_dir.glob(f"checkpoint_*/{TRIAL_STATE_FILE}"))
     if not states:
         return None
     bundle = job.load_data()
-    teacher = load_teacher(_winner(run_dir)["teacher"]["checkpoint"], job.teacher, bundle)
+    teacher = load_teacher(winner["teacher"]["checkpoint"], job.teacher, bundle)
     student = build_student(job.student, job.quant, bundle, teacher, seed=job.teacher.seed)
     student.load_state_dict(load_state(states[-1], "branch")["model"])
     accuracy, _ = evaluate(student, eval_loader(bundle.test, bundle))
