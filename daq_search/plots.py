@@ -95,8 +95,7 @@ def plot_run(run_dir: str | Path, out_png: str | Path, metric: str | None = None
     objective, :func:`plot_metric`) with a +-1 standard-error bar where the table has one, the winner on top and
     ``none`` in red; right, ``metric`` per epoch for the top :data:`TOP_CURVES` candidates (epochs without a value
     are skipped), or, when no ``metric`` is given and the objective was read at one epoch only (a branch is read at
-    its end), their training loss.
-    Returns the path."""
+    its end), their training loss. Returns the path."""
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
 
