@@ -75,7 +75,7 @@ class DataConfig(_Strict):
     root: str | None = None
     image_size: StrictInt | None = Field(None, ge=8, le=512)
     train_per_class: StrictInt | None = Field(None, ge=1)
-    val_per_class: StrictInt = Field(10, ge=1)
+    val_per_class: StrictInt | None = Field(None, ge=1)
     seed: StrictInt = 0
     download: bool = False
     val_pool: Literal["split", "teacher_unused"] = "split"

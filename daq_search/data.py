@@ -14,8 +14,9 @@ Sources:
 - ``imagefolder``: ``root/train/<class>/`` images and ``root/val/`` (class folders or Tiny-ImageNet's layout).
 
 The three bundled sets (digits, animals, scenes) have no official test split, so all their images are pooled and split
-per class by a seeded shuffle: a fixed 30 % test pool, then ``val_per_class`` validation images, then the training
-pool. With ``train_per_class`` set, training-pool images left unselected join the test set.
+per class by a seeded shuffle: a fixed 30 % test pool, then ``val_per_class`` validation images (unset: see
+:func:`validation_per_class`), then the training pool. With ``train_per_class`` set, training-pool images left
+unselected join the test set.
 
 When a teacher trains on a larger split (:func:`load_student_data`), ``val_pool: teacher_unused`` validates the
 student on its own val images plus the teacher split's training images the student does not train on (the student
@@ -62,6 +63,8 @@ MEAN_STD_SAMPLE = 2048  # lazily decoded training images used to estimate mean/s
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 _RESIZE_CHUNK = 2048  # images resized at once, bounding the float buffer of a whole-set resize
 _STATS_CHUNK = 1024  # images summed at once when computing channel statistics
+AUTO_VAL_IMAGES = 1000  # validation images an unset val_per_class aims for: a binomial standard error <= 1.6 pp
+AUTO_VAL_SHARE = 0.1  # the most of the smallest class's training pool an unset val_per_class takes
 
 _ANIMALS_INSTALL = "data.name: 'animals' needs the animal-mnist wheel: pip install --no-deps animal-mnist==0.4"
 
@@ -74,7 +77,7 @@ class DataSpec:
     root: str | None = None
     image_size: int | None = None
     train_per_class: int | None = None
-    val_per_class: int = 10
+    val_per_class: int | None = None
     seed: int = 0
     download: bool = False
     val_pool: str = "split"
@@ -306,8 +309,8 @@ def _check_spec(spec: DataSpec) -> None:
         )
     if spec.train_per_class is not None and spec.train_per_class < 1:
         raise DaqSearchError(f"data.train_per_class: {spec.train_per_class}; allowed: a positive integer or null (all)")
-    if spec.val_per_class < 0:
-        raise DaqSearchError(f"data.val_per_class: {spec.val_per_class}; allowed: an integer >= 0")
+    if spec.val_per_class is not None and spec.val_per_class < 0:
+        raise DaqSearchError(f"data.val_per_class: {spec.val_per_class}; allowed: an integer >= 0 or null (automatic)")
 
 
 def _split_pooled(
@@ -322,28 +325,39 @@ def _split_pooled(
     return pool.subset(train_indices), pool.subset(val_indices), pool.subset(test_indices)
 
 
+def validation_per_class(smallest_class: int, num_classes: int) -> int:
+    """Validation images per class when ``val_per_class`` is unset: enough for about :data:`AUTO_VAL_IMAGES` in all
+    (``ceil(AUTO_VAL_IMAGES / num_classes)``), but at most :data:`AUTO_VAL_SHARE` of the smallest class's training
+    pool (``smallest_class`` images), and at least 1."""
+    return max(1, min(math.ceil(AUTO_VAL_IMAGES / num_classes), int(AUTO_VAL_SHARE * smallest_class)))
+
+
 def _split_training_pool(
     labels: torch.Tensor, num_classes: int, spec: DataSpec, held_out: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Split the training pool (every index not in `held_out`) into (train, val, unused) index tensors.
 
-    val takes `spec.val_per_class` per class; train takes `spec.train_per_class` per class of the rest, or all of
-    it when that is None; unused holds the pool indices in neither.
+    val takes `spec.val_per_class` per class (or :func:`validation_per_class` when it is None); train takes
+    `spec.train_per_class` per class of the rest, or all of it when that is None; unused holds the pool indices in
+    neither.
     """
     in_pool = torch.ones(len(labels), dtype=torch.bool)
     if held_out is not None:
         in_pool[held_out] = False
     smallest_class = int(torch.bincount(labels[in_pool], minlength=num_classes).min())
-    if spec.val_per_class >= smallest_class:
+    val_per_class = spec.val_per_class
+    if val_per_class is None:
+        val_per_class = validation_per_class(smallest_class, num_classes)
+    if val_per_class >= smallest_class:
         raise DaqSearchError(
-            f"data.val_per_class: {spec.val_per_class} leaves no training image in the smallest class "
+            f"data.val_per_class: {val_per_class} leaves no training image in the smallest class "
             f"({smallest_class} images in the training pool); maximum {smallest_class - 1}"
         )
-    val_indices = stratified_indices(labels, spec.val_per_class, spec.seed, exclude=held_out)
+    val_indices = stratified_indices(labels, val_per_class, spec.seed, exclude=held_out)
     in_pool[val_indices] = False
     if spec.train_per_class is None:
         return torch.nonzero(in_pool).flatten(), val_indices, torch.empty(0, dtype=torch.int64)
-    maximum = smallest_class - spec.val_per_class
+    maximum = smallest_class - val_per_class
     if spec.train_per_class > maximum:
         raise DaqSearchError(
             f"data.train_per_class: {spec.train_per_class} is more than the smallest class has after validation; "

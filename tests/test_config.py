@@ -44,6 +44,7 @@ def test_the_base_job_is_valid(tmp_path):
 BAD_JOBS = [
     ({"data": {"val_pool": "teacher_unused"}}, r"data\.val_pool: 'teacher_unused' needs teacher\.train_per_class"),
     ({"data": {"val_pool": "all"}}, r"data\.val_pool: Input should be 'split' or 'teacher_unused'"),
+    ({"data": {"val_per_class": 0}}, r"data\.val_per_class: Input should be greater than or equal to 1"),
     ({"trial": {"epoch": 3}}, r"trial\.epoch: unknown key; allowed: epochs, batch_size"),
     ({"quant": {"wbits": 1}}, r"quant\.wbits: Input should be greater than or equal to 2"),
     ({"quant": {"abits": 9}}, r"quant\.abits: Input should be less than or equal to 8"),

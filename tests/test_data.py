@@ -20,6 +20,7 @@ from daq_search.data import (
     load_data,
     load_student_data,
     stratified_indices,
+    validation_per_class,
 )
 from daq_search.errors import DaqSearchError
 
@@ -48,7 +49,9 @@ def test_digits_shapes_dtype_and_classes():
     assert isinstance(label, int) and label == int(bundle.train.labels[0])
     assert bundle.train.labels.dtype == torch.int64
     assert len(bundle.train) + len(bundle.val) + len(bundle.test) == 1797
-    assert class_counts(bundle.val.labels, 10) == [10] * 10
+    # val_per_class unset: 10 % of the smallest class's training pool (174 - 52 = 122 images -> 12 per class), below
+    # the 100 per class that would make 1,000 validation images
+    assert class_counts(bundle.val.labels, 10) == [12] * 10
     # test pool = round(30 %) of each class; sklearn's class sizes are 178 182 177 183 181 182 181 179 174 180
     assert class_counts(bundle.test.labels, 10) == [53, 55, 53, 55, 54, 55, 54, 54, 52, 54]
 
@@ -106,10 +109,10 @@ def test_student_of_a_teacher_on_a_larger_split_takes_its_test_set_and_normalisa
 
 
 def test_teacher_unused_val_pool_adds_the_teacher_split_images_the_student_never_trains_on():
-    spec = DataSpec("digits", image_size=8, train_per_class=7, val_pool="teacher_unused")
-    teacher_spec = DataSpec("digits", image_size=8, train_per_class=40)
+    spec = DataSpec("digits", image_size=8, train_per_class=7, val_per_class=10, val_pool="teacher_unused")
+    teacher_spec = DataSpec("digits", image_size=8, train_per_class=40, val_per_class=10)
     student, teacher = load_student_data(spec, teacher_spec), load_data(teacher_spec)
-    own = load_data(DataSpec("digits", image_size=8, train_per_class=7))
+    own = load_data(DataSpec("digits", image_size=8, train_per_class=7, val_per_class=10))
     assert len(student.val) == 10 * 10 + 10 * (40 - 7)  # its own 10 per class, then 33 per class of the teacher's
     assert torch.equal(student.val.images[:100], own.val.images)
     assert image_keys(student.val.images).isdisjoint(image_keys(student.train.images))
@@ -154,7 +157,9 @@ def test_animals_pools_all_10000_balanced_images():
     assert bundle.train.images.shape[1:] == (1, 28, 28) and bundle.train.images.dtype == torch.uint8
     assert len(bundle.train) + len(bundle.val) + len(bundle.test) == 10_000
     assert class_counts(bundle.train.labels, 10) == [50] * 10
-    assert class_counts(bundle.test.labels, 10) == [1000 - 50 - 10] * 10
+    # val_per_class unset: 10 % of each class's 700-image training pool
+    assert class_counts(bundle.val.labels, 10) == [70] * 10
+    assert class_counts(bundle.test.labels, 10) == [1000 - 50 - 70] * 10
     resized = load_data(DataSpec("animals", image_size=14, train_per_class=1))
     assert resized.train.images.shape[1:] == (1, 14, 14)
 
@@ -389,11 +394,29 @@ def test_root_is_required(name):
         load_data(DataSpec(name))
 
 
+@pytest.mark.parametrize(
+    "smallest_class, num_classes, expected",
+    [
+        (700, 10, 70),  # the bundled sets: 10 % of the pool, under 1,000 / 10
+        (5000, 10, 100),  # CIFAR-10: 1,000 images in all
+        (500, 100, 10),  # CIFAR-100: 1,000 images in all, the 10 % cap (50) not reached
+        (450, 200, 5),  # Tiny-ImageNet: ceil(1,000 / 200)
+        (45, 200, 4),  # a small pool: 10 % of 45, rounded down
+        (5, 10, 1),  # never fewer than 1
+    ],
+)
+def test_an_unset_val_per_class_aims_at_1000_images_within_a_tenth_of_the_pool(smallest_class, num_classes, expected):
+    assert validation_per_class(smallest_class, num_classes) == expected
+
+
 def test_train_per_class_larger_than_available_names_the_maximum(tmp_path):
     # smallest digits class (8) has 174 images: 52 go to the test pool, 10 to val, leaving 112
-    load_data(DataSpec("digits", train_per_class=112))
+    load_data(DataSpec("digits", train_per_class=112, val_per_class=10))
     with pytest.raises(DaqSearchError, match=r"^data\.train_per_class: 113 .*maximum 112$"):
-        load_data(DataSpec("digits", train_per_class=113))
+        load_data(DataSpec("digits", train_per_class=113, val_per_class=10))
+    # val_per_class unset takes 12 of the 122 (see test_digits_shapes_dtype_and_classes), leaving 110
+    with pytest.raises(DaqSearchError, match=r"^data\.train_per_class: 111 .*maximum 110$"):
+        load_data(DataSpec("digits", train_per_class=111))
     write_cifar10(tmp_path)
     with pytest.raises(DaqSearchError, match=r"^data\.train_per_class: 26 .*maximum 25$"):
         load_data(DataSpec("cifar10", root=str(tmp_path), val_per_class=5, train_per_class=26))
