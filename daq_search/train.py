@@ -198,7 +198,7 @@ def run_final(
     final_dir = path.resolve().parent / "final"
     out_dir = final_dir if name == "final" else final_dir / name
     storage = storage or str(final_dir / "ray")
-    runs = _planned_runs(name, candidate, baseline_id)
+    runs = _planned_runs(name, candidate, baseline_id, continues_trunk=_trunk_checkpoint(job, epochs) is not None)
     _check_in_driver(job, runs, workers)
     check_address(address)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -294,11 +294,16 @@ def routed_worker_logs(path: Path, shutdown: bool = False) -> Iterator[None]:
                 dispatcher.add_handler(name, printer)
 
 
-def _planned_runs(name: str, candidate: str, baseline_id: str | None) -> list[tuple[str, str]]:
-    """``(Ray run name, candidate id)`` of the winner run and, unless absent or the winner itself, the baseline."""
-    if baseline_id == candidate:
+def _planned_runs(
+    name: str, candidate: str, baseline_id: str | None, *, continues_trunk: bool
+) -> list[tuple[str, str]]:
+    """``(Ray run name, candidate id)`` of the winner run and, unless absent or the same training as the winner's,
+    the baseline. A winner that ``continues_trunk`` (a branching search's) differs from its own candidate trained
+    from scratch, so a baseline of that candidate still runs."""
+    same_training = baseline_id == candidate and not continues_trunk
+    if same_training:
         logger.info(f"baseline {baseline_id} is the winner itself: no baseline run")
-    if baseline_id is None or baseline_id == candidate:
+    if baseline_id is None or same_training:
         return [(name, candidate)]
     return [(name, candidate), (f"{name}-baseline", baseline_id)]
 
@@ -489,7 +494,7 @@ def _summarise(
         "shipped_candidate": candidate,
         "shipped_test_acc": winner["test_acc"],
     }
-    if baseline_id == candidate:
+    if baseline_id is not None and f"{name}-baseline" not in outcomes:
         metrics["baseline"] = {"candidate": baseline_id, "skipped": "same as the winner"}
     elif baseline_id is not None:
         other = outcomes[f"{name}-baseline"]

@@ -488,6 +488,38 @@ def test_run_final_writes_the_shipped_runs_artifact(tmp_path, teacher_file, monk
     assert metrics["shipped_run"] == ("final-baseline" if written == b"baseline's" else "final")
 
 
+@pytest.mark.parametrize("continues_trunk", [True, False])
+def test_a_winner_none_continuing_the_trunk_still_trains_and_may_ship_its_baseline(
+    tmp_path, teacher_file, monkeypatch, continues_trunk
+):
+    run_dir = tmp_path / "run"
+    _write_winner(run_dir, _job(teacher_file, "none"))
+    planned = []
+
+    def finished_runs(fits, together):
+        planned.extend(fit.args[1] for fit in fits)  # each run's candidate
+        results = []
+        for i, val_acc in enumerate((0.5, 0.6)[: len(fits)]):
+            folder = tmp_path / f"run{i}"
+            folder.mkdir()
+            (folder / ARTIFACT_FILE).write_bytes(str(i).encode())
+            results.append((_outcome(0.6, val_acc), _FolderArtifact(folder)))
+        return results
+
+    monkeypatch.setattr(train, "_trunk_checkpoint", lambda *args: str(tmp_path) if continues_trunk else None)
+    monkeypatch.setattr(train, "_run_all", finished_runs)
+    monkeypatch.setattr(train, "ray_session", lambda *args, **kwargs: nullcontext())
+    monkeypatch.setattr(train, "routed_worker_logs", lambda *args, **kwargs: nullcontext())
+    monkeypatch.setattr(train, "_fits_together", lambda *args: False)
+    metrics = run_final(str(run_dir))
+    if continues_trunk:  # trunk-then-none is not none from scratch: both train, the higher validation ships
+        assert planned == ["none", "none"] and metrics["shipped_run"] == "final-baseline"
+        assert (run_dir / "final" / ARTIFACT_FILE).read_bytes() == b"1"
+    else:
+        assert planned == ["none"] and metrics["baseline"]["skipped"] == "same as the winner"
+        assert metrics["shipped_run"] == "final"
+
+
 def test_without_a_baseline_the_winner_ships(any_teacher_file):
     job = JobSpec.model_validate(_job(any_teacher_file, WINNER))
     for baseline, outcomes in ((None, {"f": _outcome(0.61, 0.5)}), (WINNER, {"f": _outcome(0.61, 0.5)})):
@@ -499,12 +531,15 @@ def test_without_a_baseline_the_winner_ships(any_teacher_file):
         )
 
 
-def test_baseline_equal_to_winner_is_skipped(caplog):
+def test_a_baseline_equal_to_the_winner_is_skipped_unless_the_winner_continues_a_trunk(caplog):
     caplog.set_level(logging.INFO, logger=PACKAGE_LOGGER)
-    assert _planned_runs("final", WINNER, WINNER) == [("final", WINNER)]
+    assert _planned_runs("final", WINNER, WINNER, continues_trunk=False) == [("final", WINNER)]
     assert caplog.messages == [f"baseline {WINNER} is the winner itself: no baseline run"]
-    assert _planned_runs("f", WINNER, "none") == [("f", WINNER), ("f-baseline", "none")]
-    assert _planned_runs("f", WINNER, None) == [("f", WINNER)] and len(caplog.messages) == 1
+    assert _planned_runs("f", WINNER, "none", continues_trunk=False) == [("f", WINNER), ("f-baseline", "none")]
+    assert _planned_runs("f", WINNER, None, continues_trunk=False) == [("f", WINNER)] and len(caplog.messages) == 1
+    # a winner that continues the search's trunk is not its candidate from scratch: the baseline still trains
+    assert _planned_runs("f", "none", "none", continues_trunk=True) == [("f", "none"), ("f-baseline", "none")]
+    assert _planned_runs("f", WINNER, None, continues_trunk=True) == [("f", WINNER)] and len(caplog.messages) == 1
 
 
 @pytest.mark.slow
