@@ -192,15 +192,19 @@ def write_outputs(summaries: list[dict], out: Path, quick: bool, meta: dict) -> 
     write_atomic(out / "summary.md", "\n".join(summary_lines(summaries, table, quick, meta)))
 
 
+SHIPPED_KEYS = ("shipped_search", "shipped_search_trunks")
+"""What ``bench.shipped`` writes into a regime's entry (the default's search, and searches from other trunks)."""
+
+
 def with_shipped_search(summaries: list[dict], previous: Path) -> list[dict]:
-    """``summaries`` with each regime's ``shipped_search`` carried over from the ``previous`` results.json (written
-    by ``bench.shipped``, which this benchmark does not rerun), where the regime's config, seeds and candidates are
-    unchanged."""
+    """``summaries`` with each regime's :data:`SHIPPED_KEYS` carried over from the ``previous`` results.json
+    (written by ``bench.shipped``, which this benchmark does not rerun), where the regime's config, seeds and
+    candidates are unchanged."""
     if not previous.is_file():
         return summaries
     regimes = json.loads(previous.read_text()).get("regimes", [])
-    kept = {_regime_identity(r): r["shipped_search"] for r in regimes if "shipped_search" in r}
-    return [{**s, "shipped_search": kept[_regime_identity(s)]} if _regime_identity(s) in kept else s for s in summaries]
+    kept = {_regime_identity(r): {k: r[k] for k in SHIPPED_KEYS if k in r} for r in regimes}
+    return [{**s, **kept.get(_regime_identity(s), {})} for s in summaries]
 
 
 def _regime_identity(summary: dict) -> str:

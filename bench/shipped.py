@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import copy
 import gzip
+import hashlib
 import json
 import math
 import multiprocessing
@@ -36,7 +37,12 @@ from daq_search.kd import eval_loader, evaluate
 from daq_search.results import read_epochs, read_trials
 from daq_search.search import plan_search, run_search
 from daq_search.search.trial import TRIAL_STATE_FILE
-from daq_search.selection import branch_epoch, branching_cost, ships_baseline
+from daq_search.selection import (
+    DEFAULT_TRUNK,
+    branch_epoch,
+    branching_cost,
+    ships_baseline,
+)
 from daq_search.teacher import load_teacher
 
 from .regimes import build_regime
@@ -47,10 +53,11 @@ VAL_POOL = "teacher_unused"
 """The shipped jobs validate on the teacher split's unused images, as ``jobs/demo.yaml`` does."""
 
 
-def shipped_job(regime, searcher_seed: int) -> JobSpec:
-    """The regime as a user's job with every selection setting at the package's default: its data (validated on
-    :data:`VAL_POOL` when the teacher has a larger split), teacher, student, quantizer, KD loss and scorer, the
-    full recipe as the final training, and ``searcher.seed``."""
+def shipped_job(regime, searcher_seed: int, trunk: str = DEFAULT_TRUNK) -> JobSpec:
+    """The regime as a user's job with every selection setting at the package's default but the trunk's policy
+    (``trunk``, the default's unless asked): its data (validated on :data:`VAL_POOL` when the teacher has a larger
+    split), teacher, student, quantizer, KD loss and scorer, the full recipe as the final training, and
+    ``searcher.seed``."""
     data: DataConfig = regime.data
     teacher = regime.teacher
     if regime.teacher_data is not None:
@@ -58,7 +65,9 @@ def shipped_job(regime, searcher_seed: int) -> JobSpec:
         teacher = teacher.model_copy(update={"train_per_class": regime.teacher_data.train_per_class})
     return JobSpec.model_validate(
         {
-            "name": f"{regime.name}-s{searcher_seed}",
+            "name": f"{regime.name}-s{searcher_seed}"
+            if trunk == DEFAULT_TRUNK
+            else f"{regime.name}-trunk-{_trunk_tag(trunk)}-s{searcher_seed}",
             "data": data.model_dump(),
             "teacher": teacher.model_dump(),
             "student": regime.student.model_dump(),
@@ -66,17 +75,25 @@ def shipped_job(regime, searcher_seed: int) -> JobSpec:
             "kd": regime.kd.model_dump(),
             "scorer": regime.scorer.model_dump(),
             "search_space": str(Path("search_spaces/default.yaml").resolve()),
+            "branch": {"trunk": trunk},
             "searcher": {"seed": searcher_seed, "points_to_evaluate": ["none"]},
             "final": {"recipe": regime.recipe.model_dump(), "workers": 1},
         }
     )
 
 
-def run_one_search(regime, searcher_seed: int, work: Path, log) -> dict:
-    """One shipped search of ``regime`` (cached: a finished run folder is read, not rerun); returns its record."""
-    job = shipped_job(regime, searcher_seed)
+def _trunk_tag(trunk: str) -> str:
+    """Six hex digits naming a trunk other than the default in run folder and record names."""
+    return hashlib.sha1(trunk.encode()).hexdigest()[:6]
+
+
+def run_one_search(regime, searcher_seed: int, work: Path, log, trunk: str = DEFAULT_TRUNK) -> dict:
+    """One shipped search of ``regime`` from a ``trunk`` trunk (cached: a finished run folder is read, not rerun);
+    returns its record."""
+    job = shipped_job(regime, searcher_seed, trunk)
     storage = work  # its teachers/ folder is the one the ground-truth runs read
     run_dir = storage / job.name
+    _check_cached_job(run_dir, job)
     if not (run_dir / "winner.yaml").is_file():
         job_file = work / "shipped-jobs" / f"{job.name}.yaml"
         job_file.parent.mkdir(parents=True, exist_ok=True)
@@ -106,6 +123,22 @@ def run_one_search(regime, searcher_seed: int, work: Path, log) -> dict:
         "trials": trials.drop(columns=["started_at", "ended_at"]).to_dict("records"),
         "epochs": epochs.to_dict("records"),
     }
+
+
+def _check_cached_job(run_dir: Path, job: JobSpec) -> None:
+    """Raise when ``run_dir`` holds a search of another job than ``job`` (say, of an earlier default selection),
+    whose cached winner must not be read as this job's."""
+    import yaml
+
+    path = run_dir / "job.yaml"
+    if not path.is_file():
+        return
+    started, current = yaml.safe_load(path.read_text()), job.model_dump(mode="json")
+    for fields in (started, current):  # the folder's name, and the space by file (worktrees resolve it elsewhere)
+        fields["name"], fields["search_space"] = None, Path(fields["search_space"]).name
+    changed = [key for key in current if current[key] != started.get(key)]
+    if changed:
+        raise RuntimeError(f"{run_dir} holds a search of another job ({', '.join(changed)} differ); move it away")
 
 
 def _winner(run_dir: Path) -> dict:
@@ -152,16 +185,18 @@ BASELINE = "baseline"
 """The entry of :func:`delivered_truth` for the final training's baseline, trained alone from scratch."""
 
 
-def delivered_truth(regime, picks: list[str], work: Path, log, jobs: int = 2) -> dict[str, list[dict[str, float]]]:
+def delivered_truth(
+    regime, picks: list[str], work: Path, log, jobs: int = 2, trunk: str = DEFAULT_TRUNK
+) -> dict[str, list[dict[str, float]]]:
     """Test and validation top-1 (%, ``test`` and ``val``; validation on the shipped job's pool) of each pick as the
-    product's final training delivers it, one per ground-truth seed: a student trained under the default trunk to
-    the branch epoch of the full recipe, then continued under the pick to the end; under :data:`BASELINE` the same
-    for the job's baseline trained alone from scratch (cached in ``work/shipped-delivered.json``)."""
+    product's final training delivers it, one per ground-truth seed: a student trained under ``trunk`` to the
+    branch epoch of the full recipe, then continued under the pick to the end; under :data:`BASELINE` the same for
+    the job's baseline trained alone from scratch (cached in ``work/shipped-delivered.json``)."""
     cache_file = work / "shipped-delivered.json"
     cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
     wanted = [*picks, BASELINE]
-    todo = [(seed, [p for p in wanted if _delivered_key(regime, p, seed) not in cache]) for seed in regime.seeds]
-    todo = [(regime.name, seed, missing, str(work)) for seed, missing in todo if missing]
+    todo = [(s, [p for p in wanted if _delivered_key(regime, p, s, trunk) not in cache]) for s in regime.seeds]
+    todo = [(regime.name, seed, missing, str(work), trunk) for seed, missing in todo if missing]
     if todo:
         log(f"delivered truth: {sum(len(t[2]) for t in todo)} trainings over {len(todo)} seeds")
         with multiprocessing.get_context("spawn").Pool(jobs) as pool:
@@ -169,20 +204,20 @@ def delivered_truth(regime, picks: list[str], work: Path, log, jobs: int = 2) ->
                 cache.update(results)
                 cache_file.write_text(json.dumps(cache))
                 log(f"delivered truth: {json.dumps(results)}")
-    return {p: [cache[_delivered_key(regime, p, s)] for s in regime.seeds] for p in wanted}
+    return {p: [cache[_delivered_key(regime, p, s, trunk)] for s in regime.seeds] for p in wanted}
 
 
-def _delivered_key(regime, pick: str, seed: int) -> str:
-    job = shipped_job(regime, 0)
+def _delivered_key(regime, pick: str, seed: int, trunk: str = DEFAULT_TRUNK) -> str:
+    job = shipped_job(regime, 0, trunk)
     what = f"{job.final.baseline} alone" if pick == BASELINE else f"{job.branch.trunk}|{job.branch.at}|{pick}"
     return f"{regime.name}|{regime.key()}|{job.data.val_pool}|{what}|{seed}"
 
 
-def _run_delivered(args: tuple[str, int, list[str], str]) -> dict[str, dict[str, float]]:
-    name, seed, wanted, work = args
+def _run_delivered(args: tuple[str, int, list[str], str, str]) -> dict[str, dict[str, float]]:
+    name, seed, wanted, work, trunk_policy = args
     torch.set_num_threads(1)
     regime = build_regime(name)
-    job = shipped_job(regime, 0)
+    job = shipped_job(regime, 0, trunk_policy)
     val = job.load_data()
     epochs = regime.recipe.epochs
 
@@ -199,7 +234,7 @@ def _run_delivered(args: tuple[str, int, list[str], str]) -> dict[str, dict[str,
         baseline = training(job.final.baseline)
         for epoch in range(1, epochs + 1):
             baseline.train_epoch(epoch)
-        results[_delivered_key(regime, BASELINE, seed)] = reading(baseline.student)
+        results[_delivered_key(regime, BASELINE, seed, trunk_policy)] = reading(baseline.student)
     picks = [p for p in wanted if p != BASELINE]
     if not picks:
         return results
@@ -213,7 +248,7 @@ def _run_delivered(args: tuple[str, int, list[str], str]) -> dict[str, dict[str,
         branch.load_state_dict(copy.deepcopy(state))  # the optimiser keeps the tensors it is given
         for epoch in range(trunk_end + 1, epochs + 1):
             branch.train_epoch(epoch)
-        results[_delivered_key(regime, pick, seed)] = reading(branch.student)
+        results[_delivered_key(regime, pick, seed, trunk_policy)] = reading(branch.student)
     return results
 
 
@@ -229,24 +264,26 @@ def summarise(
     truth: dict[str, list[float]],
     ladder_means: dict[str, float],
     delivered: dict[str, list[dict[str, float]]],
+    trunk_policy: str = DEFAULT_TRUNK,
+    elsewhere: tuple[dict[str, list[float]], list[float]] = ({}, []),
 ) -> dict:
-    """``shipped_search``: the rule, searcher seeds, picks, regret per seed (pp, against the best of the ladder's
-    committed means and the picks' means, each trained alone); the same for the picks as the final training
-    delivers them (trunk continued under the pick) and for the model it ships (the delivered pick, or the baseline
-    trained alone where its validation beats the winning branch's reading: :func:`_shipped_runs`), both against
-    the best of every candidate alone, every pick delivered and every search's shipped mean; and cost (trained branch epochs as a share of a full
-    sweep of the ladder; see :func:`daq_search.selection.branching_cost`)."""
-    means = {**ladder_means, **{c: float(np.mean(v)) for c, v in truth.items()}}
+    """``shipped_search`` of searches from a ``trunk_policy`` trunk: the rule, searcher seeds, picks, regret per
+    seed (pp, against the best of the ladder's committed means, the picks' means and the other recorded searches'
+    picks' means, each trained alone: ``elsewhere[0]``); the same for the picks as the final training delivers
+    them (trunk continued under the pick) and for the model it ships (the delivered pick, or the baseline trained
+    alone where its validation beats the winning branch's reading: :func:`_shipped_runs`), both against the best of
+    every candidate alone, every pick delivered (here and elsewhere: ``elsewhere[1]``, means in %) and every
+    search's shipped mean; and cost (trained branch epochs as a share of a full sweep of the ladder; see
+    :func:`daq_search.selection.branching_cost`)."""
+    alone_elsewhere, delivered_elsewhere = elsewhere
+    means = {**ladder_means, **{c: float(np.mean(v)) for c, v in {**alone_elsewhere, **truth}.items()}}
     best = max(means.values())
     delivered_means = {c: float(np.mean([run["test"] for run in runs])) for c, runs in delivered.items()}
-    best_delivered = max([best, *delivered_means.values()])
-    job = shipped_job(regime, 0)
-    shipped = [
-        _shipped_runs(delivered[s["pick"]], delivered[BASELINE], s["winner_val"], s["pick"] == job.final.baseline)
-        for s in searches
-    ]
+    best_delivered = max([best, *delivered_means.values(), *delivered_elsewhere])
+    shipped = [_shipped_runs(delivered[s["pick"]], delivered[BASELINE], s["winner_val"]) for s in searches]
     shipped_means = [float(np.mean([run["test"] for run in runs])) for runs in shipped]
     best_delivered = max([best_delivered, *shipped_means])
+    job = shipped_job(regime, 0, trunk_policy)
     epochs, at, ladder = job.final.recipe.epochs, job.branch.at, len(regime.candidates)
     trunk = branch_epoch(epochs, at)
     costs = [(s["distinct_trained"] * (epochs - trunk)) / (ladder * epochs) for s in searches]
@@ -271,7 +308,7 @@ def summarise(
         f"{job.branch.trunk} to {at:.0%}, then continued under the pick), on the ground-truth seeds; 'shipped': the "
         f"delivered pick, or the {job.final.baseline} baseline trained alone where its {job.data.val_pool} validation "
         "accuracy beats the winning branch's own reading in the search (the product's final winner is a near copy of "
-        "that branch; baseline_shipped counts those seeds; a pick that is the baseline ships itself); regrets "
+        "that branch; baseline_shipped counts those seeds); regrets "
         "against the best of every candidate trained alone, every pick delivered and every search's shipped mean",
         "best": max(means, key=means.get),
         "best_pct": best,
@@ -288,16 +325,13 @@ def summarise(
     }
 
 
-def _shipped_runs(
-    pick_runs: list[dict], baseline_runs: list[dict], winner_val: float, pick_is_baseline: bool
-) -> list[dict]:
+def _shipped_runs(pick_runs: list[dict], baseline_runs: list[dict], winner_val: float) -> list[dict]:
     """Per ground-truth seed, the run the final training ships: the baseline's where its validation accuracy beats
     ``winner_val`` (fraction), the winning branch's own reading in the search, as the product's final winner is a
-    near copy of that branch; the pick's where the pick is the baseline candidate itself (no separate baseline)."""
+    near copy of that branch; else the pick's. The baseline trains even when the pick is its candidate, as the
+    pick continues the trunk."""
     return [
-        {**base, "run": BASELINE}
-        if not pick_is_baseline and ships_baseline(winner_val, base["val"] / 100)
-        else {**pick, "run": "pick"}
+        {**base, "run": BASELINE} if ships_baseline(winner_val, base["val"] / 100) else {**pick, "run": "pick"}
         for pick, base in zip(pick_runs, baseline_runs, strict=True)
     ]
 
@@ -310,6 +344,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default="bench/work/full")
     parser.add_argument("--out", default="bench/results")
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument(
+        "--trunk",
+        default=DEFAULT_TRUNK,
+        help="the trunk's policy (default: the package's); another one is recorded under shipped_search_trunks",
+    )
     args = parser.parse_args(argv)
     regime = build_regime(args.regime)
     work, out = Path(args.work).resolve(), Path(args.out)
@@ -319,46 +358,66 @@ def main(argv: list[str] | None = None) -> int:
 
     entry = _regime_entry(out, regime.name)
     ladder_means = dict(zip(entry["candidates"], entry["mean_pct"], strict=True))
-    searches = [run_one_search(regime, int(s), work, log) for s in args.searcher_seeds.split(",")]
+    searches = [run_one_search(regime, int(s), work, log, args.trunk) for s in args.searcher_seeds.split(",")]
     picks = sorted({s["pick"] for s in searches} - set(ladder_means))
     truth = ground_truth(regime, picks, work, log, args.jobs)
-    delivered = delivered_truth(regime, sorted({s["pick"] for s in searches}), work, log, args.jobs)
+    delivered = delivered_truth(regime, sorted({s["pick"] for s in searches}), work, log, args.jobs, args.trunk)
+    name = regime.name if args.trunk == DEFAULT_TRUNK else f"{regime.name}--trunk-{_trunk_tag(args.trunk)}"
+    elsewhere = _recorded_elsewhere(out / "shipped", regime.name, name)
+    summary = summarise(regime, searches, truth, ladder_means, delivered, args.trunk, elsewhere)
     results = json.loads((out / "results.json").read_text())  # read again: other benches write it meanwhile
     entry = next(r for r in results["regimes"] if r["regime"] == regime.name)
-    entry["shipped_search"] = summarise(regime, searches, truth, ladder_means, delivered)
+    if args.trunk == DEFAULT_TRUNK:
+        entry["shipped_search"] = summary
+    else:
+        entry.setdefault("shipped_search_trunks", {})[args.trunk] = summary
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     (out / "shipped.md").write_text("\n".join(shipped_lines(results["regimes"])))
-    records = out / "shipped" / f"{regime.name}.json.gz"
+    records = out / "shipped" / f"{name}.json.gz"
     records.parent.mkdir(parents=True, exist_ok=True)
     with gzip.open(records, "wt") as handle:
         json.dump({"searches": searches, "ground_truth_pct": truth, "delivered_pct": delivered}, handle, default=_plain)
-    log(f"{regime.name}: {json.dumps(entry['shipped_search'])[:400]}")
+    log(f"{name}: {json.dumps(summary)[:400]}")
     return 0
 
 
 def shipped_lines(regimes: list[dict]) -> list[str]:
     """``shipped.md``: per regime with a ``shipped_search``, one row per searcher seed (its pick, the pick's test
     top-1 trained alone, as delivered and as shipped, each with its regret in pp, and the cost), then the worst
-    regrets over those regimes."""
+    regrets over those regimes; the same for the searches from other trunks (``shipped_search_trunks``)."""
     lines = [
         "# daq-search benchmark: the shipped search",
         "",
         "Written by `python -m bench.shipped` from `results.json` (`shipped_search`); per-run records in `shipped/`.",
         "Test top-1 in % (mean of the ground-truth seeds), regret in pp. Alone: the pick trained alone from scratch;",
-        "delivered: the default trunk continued under the pick, as the final training does; shipped: what the final",
+        "delivered: the trunk continued under the pick, as the final training does; shipped: what the final",
         "training ships (the delivered pick, or the baseline where its validation is higher).",
         "",
-        "| regime | searcher seed | pick | alone (regret) | delivered (regret) | shipped (regret) | baseline shipped | cost |",
-        "|---|---|---|---|---|---|---|---|",
+    ]
+    lines += _shipped_table([(r["regime"], r["shipped_search"]) for r in regimes if "shipped_search" in r])
+    others = [(r["regime"], record) for r in regimes for record in r.get("shipped_search_trunks", {}).values()]
+    if others:
+        lines += [
+            "## Other trunks (not the default; `--trunk`, `shipped_search_trunks`)",
+            "",
+            *_shipped_table(others),
+        ]
+    return lines
+
+
+def _shipped_table(records: list[tuple[str, dict]]) -> list[str]:
+    """The rows of :func:`shipped_lines` for ``(regime, shipped_search)`` pairs, and their worst regrets."""
+    lines = [
+        "| regime | trunk | searcher seed | pick | alone (regret) | delivered (regret) | shipped (regret) "
+        "| baseline shipped | cost |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     worst = {"regret_pp": 0.0, "delivered_regret_pp": 0.0, "shipped_regret_pp": 0.0}
-    measured = [r for r in regimes if "shipped_search" in r]
-    for regime in measured:
-        record = regime["shipped_search"]
+    for regime, record in records:
         seeds = len(record["ground_truth_seeds"])
         for i, seed in enumerate(record["searcher_seeds"]):
             lines.append(
-                f"| {regime['regime']} | {seed} | {record['picks'][i]} "
+                f"| {regime} | {record['trunk']} | {seed} | {record['picks'][i]} "
                 f"| {record['pick_true_pct'][i]:.2f} ({record['regret_pp'][i]:.2f}) "
                 f"| {record['delivered_pct'][i]:.2f} ({record['delivered_regret_pp'][i]:.2f}) "
                 f"| {record['shipped_pct'][i]:.2f} ({record['shipped_regret_pp'][i]:.2f}) "
@@ -368,11 +427,34 @@ def shipped_lines(regimes: list[dict]) -> list[str]:
             worst[name] = max(worst[name], *record[name])
     lines += [
         "",
-        f"Worst regret over the {len(measured)} regimes measured: alone {worst['regret_pp']:.2f} pp, delivered "
-        f"{worst['delivered_regret_pp']:.2f} pp, shipped {worst['shipped_regret_pp']:.2f} pp.",
+        f"Worst regret over the {_count(len({regime for regime, _ in records}), 'regime')} measured: alone "
+        f"{worst['regret_pp']:.2f} pp, delivered {worst['delivered_regret_pp']:.2f} pp, shipped "
+        f"{worst['shipped_regret_pp']:.2f} pp.",
         "",
     ]
     return lines
+
+
+def _recorded_elsewhere(folder: Path, regime_name: str, own: str) -> tuple[dict[str, list[float]], list[float]]:
+    """From the records of ``regime_name``'s searches in ``folder`` other than ``own`` (other trunks'): each pick's
+    test top-1 alone (% per ground-truth seed) and each delivered pick's mean (%), so that every search of a regime
+    is judged against the same best."""
+    alone: dict[str, list[float]] = {}
+    delivered: list[float] = []
+    for path in sorted(folder.glob(f"{regime_name}*.json.gz")):
+        name = path.name.removesuffix(".json.gz")
+        if name == own or not (name == regime_name or name.startswith(f"{regime_name}--trunk-")):
+            continue
+        with gzip.open(path, "rt") as handle:
+            record = json.load(handle)
+        alone.update(record["ground_truth_pct"])
+        picks = {pick: runs for pick, runs in record["delivered_pct"].items() if pick != BASELINE}
+        delivered += [float(np.mean([run["test"] for run in runs])) for runs in picks.values()]
+    return alone, delivered
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _regime_entry(out: Path, name: str) -> dict:

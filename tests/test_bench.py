@@ -404,12 +404,13 @@ def test_shipped_search_summary_regret_and_cost_from_hand_values():
     assert summary["delivered_pct"] == [70.0, 72.0, 51.0]
     # the baseline's validation against the search's reading: x (0.70) ties on seed 0 (keeps x, 69) and loses to
     # 0.71 on seed 1 (ships the baseline, 60); b's 0.65 loses on both seeds (74, 60), although b's own delivered
-    # runs read 0.75 on seed 1; none is the baseline itself, so it ships as delivered (51)
-    assert summary["baseline_shipped"] == [1, 2, 0]
-    assert summary["shipped_pct"] == [64.5, 67.0, 51.0]
-    # against the best of alone (x, 71), delivered (b, 72) and shipped (b's search, 67)
+    # runs read 0.75 on seed 1; the pick none continues the trunk, so its baseline (none from scratch) still trains,
+    # and its 0.10 loses on both seeds (74, 60)
+    assert summary["baseline_shipped"] == [1, 2, 2]
+    assert summary["shipped_pct"] == [64.5, 67.0, 67.0]
+    # against the best of alone (x, 71), delivered (b, 72) and shipped (67)
     assert summary["delivered_regret_pp"] == [2.0, 0.0, 21.0]
-    assert summary["shipped_regret_pp"] == [7.5, 5.0, 21.0]
+    assert summary["shipped_regret_pp"] == [7.5, 5.0, 5.0]
     assert summary["baseline_alone_pct"] == 67.0
 
 
@@ -422,7 +423,7 @@ def test_delivered_pick_continues_the_trunk_so_the_trunks_own_candidate_equals_t
     run_teacher(Job("teacher", regime), tmp_path, "cpu")
     threads = torch.get_num_threads()
     try:
-        delivered = _run_delivered((regime.name, 1, ["none", trunk, BASELINE], str(tmp_path)))  # trunk's own second
+        delivered = _run_delivered((regime.name, 1, ["none", trunk, BASELINE], str(tmp_path), trunk))  # its own 2nd
         alone = run_student(Job("student", regime, trunk, 1), tmp_path, "cpu")
         none_alone = run_student(Job("student", regime, "none", 1), tmp_path, "cpu")
     finally:
@@ -440,9 +441,10 @@ def test_the_benchmark_keeps_the_shipped_search_of_a_regime_whose_config_is_unch
 
     previous = tmp_path / "results.json"
     shipped = {"picks": ["x"], "regret_pp": [0.5]}
+    trunks = {"u": {"picks": ["y"], "regret_pp": [1.5]}}
     same = {"config": {"epochs": 80}, "seeds": [0, 1], "candidates": ["none", "x"]}
     old = [
-        {"regime": "a", **same, "shipped_search": shipped},
+        {"regime": "a", **same, "shipped_search": shipped, "shipped_search_trunks": trunks},
         {"regime": "b", **same, "config": {"epochs": 40}, "shipped_search": shipped},
         {"regime": "c", **same},
         {"regime": "d", **same, "shipped_search": shipped},
@@ -455,7 +457,7 @@ def test_the_benchmark_keeps_the_shipped_search_of_a_regime_whose_config_is_unch
         {"regime": "d", **same, "seeds": [0, 1, 2]},
     ]
     kept = with_shipped_search(new, previous)
-    assert kept[0] == {"regime": "a", **same, "shipped_search": shipped}
+    assert kept[0] == {"regime": "a", **same, "shipped_search": shipped, "shipped_search_trunks": trunks}
     # b's config and d's seeds changed; c had none
     assert not any("shipped_search" in summary for summary in kept[1:])
     assert with_shipped_search(new, tmp_path / "absent.json") == new
@@ -476,15 +478,68 @@ def test_shipped_table_rows_and_worst_regrets_from_hand_values():
         "shipped_regret_pp": [0.0, 9.5],
         "baseline_shipped": [1, 0],
         "cost": [0.3, 0.15],
+        "trunk": "t",
     }
     other = {**record, "regret_pp": [12.0, 0.0], "delivered_regret_pp": [0.0, 0.0], "shipped_regret_pp": [0.0, 0.0]}
+    another_trunk = {**record, "trunk": "u", "shipped_regret_pp": [3.0, 4.0]}
     lines = shipped_lines(
-        [{"regime": "a", "shipped_search": record}, {"regime": "b"}, {"regime": "c", "shipped_search": other}]
+        [
+            {"regime": "a", "shipped_search": record},
+            {"regime": "b", "shipped_search_trunks": {"u": another_trunk}},
+            {"regime": "c", "shipped_search": other},
+        ]
     )
     rows = [line for line in lines if line.startswith("| a |")]
     assert rows == [
-        "| a | 0 | x | 70.00 (1.00) | 71.00 (0.50) | 71.50 (0.00) | 1 of 2 | 0.30 |",
-        "| a | 1 | none | 60.00 (11.00) | 62.00 (9.50) | 62.00 (9.50) | 0 of 2 | 0.15 |",
+        "| a | t | 0 | x | 70.00 (1.00) | 71.00 (0.50) | 71.50 (0.00) | 1 of 2 | 0.30 |",
+        "| a | t | 1 | none | 60.00 (11.00) | 62.00 (9.50) | 62.00 (9.50) | 0 of 2 | 0.15 |",
     ]
-    assert not any(line.startswith("| b |") for line in lines)
-    assert "Worst regret over the 2 regimes measured: alone 12.00 pp, delivered 9.50 pp, shipped 9.50 pp." in lines
+    # the default's table (a, c) and its worst regrets come first; b's other trunk has a section of its own
+    other_section = lines.index("## Other trunks (not the default; `--trunk`, `shipped_search_trunks`)")
+    default_worst = "Worst regret over the 2 regimes measured: alone 12.00 pp, delivered 9.50 pp, shipped 9.50 pp."
+    assert lines.index(default_worst) < other_section
+    assert not any(line.startswith("| b |") for line in lines[:other_section])
+    assert [line for line in lines[other_section:] if line.startswith("| b | u | 1 |")] == [
+        "| b | u | 1 | none | 60.00 (11.00) | 62.00 (9.50) | 62.00 (4.00) | 0 of 2 | 0.15 |"
+    ]
+    assert "Worst regret over the 1 regime measured: alone 11.00 pp, delivered 9.50 pp, shipped 4.00 pp." in lines
+
+
+def test_a_cached_search_of_another_trunk_is_not_read_as_the_defaults(tmp_path):
+    from bench.shipped import _check_cached_job, shipped_job
+    from daq_search.config import job_to_yaml
+
+    regime = build_regime("quick-digits")
+    default, other = shipped_job(regime, 0), shipped_job(regime, 0, "trivialaugment")
+    assert default.name != other.name and other.branch.trunk == "trivialaugment"
+    (tmp_path / "job.yaml").write_text(
+        job_to_yaml(default.model_copy(update={"search_space": "/elsewhere/default.yaml"}))
+    )
+    _check_cached_job(tmp_path, default)  # the same job, its space resolved in another checkout
+    with pytest.raises(RuntimeError, match="another job \\(branch differ\\)"):
+        _check_cached_job(tmp_path, other)
+
+
+def test_every_search_of_a_regime_is_judged_against_the_best_any_of_its_records_found(tmp_path):
+    import gzip
+
+    from bench.shipped import BASELINE, _recorded_elsewhere, summarise
+
+    def record(name: str, alone: dict, delivered: dict) -> None:
+        with gzip.open(tmp_path / f"{name}.json.gz", "wt") as handle:
+            json.dump({"searches": [], "ground_truth_pct": alone, "delivered_pct": delivered}, handle)
+
+    runs = [{"test": 70.0, "val": 1.0}, {"test": 74.0, "val": 1.0}]
+    record("r", {"own": [1.0, 1.0]}, {"own": runs})  # this search's own record: not "elsewhere"
+    record("r--trunk-abc123", {"y": [80.0, 82.0]}, {"y": runs, BASELINE: [{"test": 99.0, "val": 1.0}] * 2})
+    record("r2", {"z": [99.0, 99.0]}, {})  # another regime whose name starts with r
+    alone, delivered = _recorded_elsewhere(tmp_path, "r", "r")
+    assert alone == {"y": [80.0, 82.0]} and delivered == [72.0]  # the other trunk's baseline is not a pick
+
+    regime = build_regime("scenes32-10pc-ladder-320ep")
+    search = {"searcher_seed": 0, "pick": "x", "winner_val": 0.99, "distinct_trained": 8, "branch_test_top1": None}
+    own = {"x": [{"test": 60.0, "val": 50.0}] * 2, BASELINE: [{"test": 50.0, "val": 40.0}] * 2}
+    summary = summarise(regime, [{**search, "trial_seconds": 1.0, "search_wall_s": 1.0}], {"x": [70.0, 70.0]},
+                        {"none": 50.0}, own, elsewhere=({"y": [80.0, 82.0]}, [85.0]))  # fmt: skip
+    assert summary["best"] == "y" and summary["regret_pp"] == [11.0]  # 81 - 70
+    assert summary["delivered_regret_pp"] == [25.0] and summary["shipped_regret_pp"] == [25.0]  # 85 - 60
