@@ -3,15 +3,18 @@ default selection, its sampler over ``search_spaces/default.yaml``, ``num_sample
 searcher seed; each distinct pick is then trained alone to the full budget on the regime's ground-truth seeds, so
 its true accuracy is known, and its regret is measured against the best of the regime's ladder and the picks.
 
-Each pick is also trained as the product's final training delivers it, on the same seeds: a trunk under the default
-trunk policy to the branch epoch, continued under the pick to the end; beside it the baseline (``none``) alone, and
-the model the final training ships (the better of the two on the job's validation pool).
+Each pick is also trained as the product's final training delivers it, on the same seeds: a trunk under the trunk
+policy (the package's default, or ``--trunk``) to the branch epoch, continued under the pick to the end; beside it
+the baseline (``none``) alone, and the model the final training ships (the better of the two on the job's validation
+pool). Every search of a regime, from any trunk, is judged against the best that any of its records found.
 
 Run: ``python -m bench.shipped --regime scenes32-10pc-ladder-320ep`` (resumable: each finished search, each
 ground-truth run and each delivered run is cached under ``--work``, whose ``teachers/`` the searches and the
 benchmark share). Writes ``shipped_search`` into that regime's entry of ``bench/results/results.json`` and the
 per-run records (every trial row, every trial epoch, every ground-truth and delivered run) to
-``bench/results/shipped/<regime>.json.gz``. The planted controls cannot run here: their nuisance is applied to the
+``bench/results/shipped/<regime>.json.gz`` (another trunk's: ``shipped_search_trunks`` and
+``<regime>--trunk-<tag>.json.gz``; after measuring one, rerun the others so that their summaries see its picks). The
+planted controls cannot run here: their nuisance is applied to the
 validation and test images by the benchmark, and a user's job validates on its own training pool.
 """
 
@@ -31,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from daq_search.candidates import parse_candidate
 from daq_search.checkpoints import load_state
 from daq_search.config import DataConfig, JobSpec
 from daq_search.kd import eval_loader, evaluate
@@ -127,7 +131,8 @@ def run_one_search(regime, searcher_seed: int, work: Path, log, trunk: str = DEF
 
 def _check_cached_job(run_dir: Path, job: JobSpec) -> None:
     """Raise when ``run_dir`` holds a search of another job than ``job`` (say, of an earlier default selection),
-    whose cached winner must not be read as this job's."""
+    whose cached winner must not be read as this job's; the folder's name aside, every field is compared, the search
+    space by its file name."""
     import yaml
 
     path = run_dir / "job.yaml"
@@ -272,8 +277,8 @@ def summarise(
     picks' means, each trained alone: ``elsewhere[0]``); the same for the picks as the final training delivers
     them (trunk continued under the pick) and for the model it ships (the delivered pick, or the baseline trained
     alone where its validation beats the winning branch's reading: :func:`_shipped_runs`), both against the best of
-    every candidate alone, every pick delivered (here and elsewhere: ``elsewhere[1]``, means in %) and every
-    search's shipped mean; and cost (trained branch epochs as a share of a full sweep of the ladder; see
+    every candidate alone, every pick delivered and every search's shipped mean (here, and elsewhere:
+    ``elsewhere[1]``, means in %); and cost (trained branch epochs as a share of a full sweep of the ladder; see
     :func:`daq_search.selection.branching_cost`)."""
     alone_elsewhere, delivered_elsewhere = elsewhere
     means = {**ladder_means, **{c: float(np.mean(v)) for c, v in {**alone_elsewhere, **truth}.items()}}
@@ -350,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         help="the trunk's policy (default: the package's); another one is recorded under shipped_search_trunks",
     )
     args = parser.parse_args(argv)
+    args.trunk = parse_candidate(args.trunk).id  # one spelling per trunk, as a job's branch.trunk has
     regime = build_regime(args.regime)
     work, out = Path(args.work).resolve(), Path(args.out)
 
@@ -363,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     truth = ground_truth(regime, picks, work, log, args.jobs)
     delivered = delivered_truth(regime, sorted({s["pick"] for s in searches}), work, log, args.jobs, args.trunk)
     name = regime.name if args.trunk == DEFAULT_TRUNK else f"{regime.name}--trunk-{_trunk_tag(args.trunk)}"
-    elsewhere = _recorded_elsewhere(out / "shipped", regime.name, name)
+    elsewhere = _recorded_elsewhere(out / "shipped", regime, name)
     summary = summarise(regime, searches, truth, ladder_means, delivered, args.trunk, elsewhere)
     results = json.loads((out / "results.json").read_text())  # read again: other benches write it meanwhile
     entry = next(r for r in results["regimes"] if r["regime"] == regime.name)
@@ -376,7 +382,8 @@ def main(argv: list[str] | None = None) -> int:
     records = out / "shipped" / f"{name}.json.gz"
     records.parent.mkdir(parents=True, exist_ok=True)
     with gzip.open(records, "wt") as handle:
-        json.dump({"searches": searches, "ground_truth_pct": truth, "delivered_pct": delivered}, handle, default=_plain)
+        record = {"regime_key": regime.key(), "ground_truth_seeds": list(regime.seeds), "searches": searches}
+        json.dump({**record, "ground_truth_pct": truth, "delivered_pct": delivered}, handle, default=_plain)
     log(f"{name}: {json.dumps(summary)[:400]}")
     return 0
 
@@ -407,6 +414,8 @@ def shipped_lines(regimes: list[dict]) -> list[str]:
 
 def _shipped_table(records: list[tuple[str, dict]]) -> list[str]:
     """The rows of :func:`shipped_lines` for ``(regime, shipped_search)`` pairs, and their worst regrets."""
+    if not records:
+        return ["No regime has a measured shipped search yet.", ""]
     lines = [
         "| regime | trunk | searcher seed | pick | alone (regret) | delivered (regret) | shipped (regret) "
         "| baseline shipped | cost |",
@@ -435,22 +444,29 @@ def _shipped_table(records: list[tuple[str, dict]]) -> list[str]:
     return lines
 
 
-def _recorded_elsewhere(folder: Path, regime_name: str, own: str) -> tuple[dict[str, list[float]], list[float]]:
-    """From the records of ``regime_name``'s searches in ``folder`` other than ``own`` (other trunks'): each pick's
-    test top-1 alone (% per ground-truth seed) and each delivered pick's mean (%), so that every search of a regime
-    is judged against the same best."""
+def _recorded_elsewhere(folder: Path, regime, own: str) -> tuple[dict[str, list[float]], list[float]]:
+    """From the records in ``folder`` of ``regime``'s searches other than ``own`` (other trunks'), written for its
+    current config and ground-truth seeds: each pick's test top-1 alone (% per ground-truth seed), and the mean (%)
+    of each delivered pick and of what each search shipped, so that every search of a regime is judged against the
+    same best."""
     alone: dict[str, list[float]] = {}
-    delivered: list[float] = []
-    for path in sorted(folder.glob(f"{regime_name}*.json.gz")):
+    finished: list[float] = []
+    for path in sorted(folder.glob(f"{regime.name}*.json.gz")):
         name = path.name.removesuffix(".json.gz")
-        if name == own or not (name == regime_name or name.startswith(f"{regime_name}--trunk-")):
+        if name == own or not (name == regime.name or name.startswith(f"{regime.name}--trunk-")):
             continue
         with gzip.open(path, "rt") as handle:
             record = json.load(handle)
+        if (record.get("regime_key"), record.get("ground_truth_seeds")) != (regime.key(), list(regime.seeds)):
+            continue
         alone.update(record["ground_truth_pct"])
-        picks = {pick: runs for pick, runs in record["delivered_pct"].items() if pick != BASELINE}
-        delivered += [float(np.mean([run["test"] for run in runs])) for runs in picks.values()]
-    return alone, delivered
+        delivered = record["delivered_pct"]
+        picks = [runs for pick, runs in delivered.items() if pick != BASELINE]
+        shipped = [
+            _shipped_runs(delivered[s["pick"]], delivered[BASELINE], s["winner_val"]) for s in record["searches"]
+        ]
+        finished += [float(np.mean([run["test"] for run in runs])) for runs in [*picks, *shipped]]
+    return alone, finished
 
 
 def _count(n: int, noun: str) -> str:

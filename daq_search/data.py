@@ -349,8 +349,9 @@ def _split_training_pool(
     if val_per_class is None:
         val_per_class = validation_per_class(smallest_class, num_classes)
     if val_per_class >= smallest_class:
+        automatic = " (automatic)" if spec.val_per_class is None else ""
         raise DaqSearchError(
-            f"data.val_per_class: {val_per_class} leaves no training image in the smallest class "
+            f"data.val_per_class: {val_per_class}{automatic} leaves no training image in the smallest class "
             f"({smallest_class} images in the training pool); maximum {smallest_class - 1}"
         )
     val_indices = stratified_indices(labels, val_per_class, spec.seed, exclude=held_out)

@@ -525,21 +525,28 @@ def test_every_search_of_a_regime_is_judged_against_the_best_any_of_its_records_
 
     from bench.shipped import BASELINE, _recorded_elsewhere, summarise
 
-    def record(name: str, alone: dict, delivered: dict) -> None:
-        with gzip.open(tmp_path / f"{name}.json.gz", "wt") as handle:
-            json.dump({"searches": [], "ground_truth_pct": alone, "delivered_pct": delivered}, handle)
-
-    runs = [{"test": 70.0, "val": 1.0}, {"test": 74.0, "val": 1.0}]
-    record("r", {"own": [1.0, 1.0]}, {"own": runs})  # this search's own record: not "elsewhere"
-    record("r--trunk-abc123", {"y": [80.0, 82.0]}, {"y": runs, BASELINE: [{"test": 99.0, "val": 1.0}] * 2})
-    record("r2", {"z": [99.0, 99.0]}, {})  # another regime whose name starts with r
-    alone, delivered = _recorded_elsewhere(tmp_path, "r", "r")
-    assert alone == {"y": [80.0, 82.0]} and delivered == [72.0]  # the other trunk's baseline is not a pick
-
     regime = build_regime("scenes32-10pc-ladder-320ep")
+    current = {"regime_key": regime.key(), "ground_truth_seeds": list(regime.seeds)}
+
+    def record(name: str, alone: dict, delivered: dict, searches=(), identity=current) -> None:
+        with gzip.open(tmp_path / f"{name}.json.gz", "wt") as handle:
+            fields = {"searches": list(searches), "ground_truth_pct": alone, "delivered_pct": delivered}
+            json.dump({**identity, **fields}, handle)
+
+    runs = [{"test": 70.0, "val": 60.0}, {"test": 74.0, "val": 60.0}]
+    baseline = [{"test": 99.0, "val": 70.0}, {"test": 1.0, "val": 50.0}]
+    record(regime.name, {"own": [1.0, 1.0]}, {"own": runs})  # this search's own record: not "elsewhere"
+    other = f"{regime.name}--trunk-abc123"
+    record(other, {"y": [80.0, 82.0]}, {"y": runs, BASELINE: baseline}, [{"pick": "y", "winner_val": 0.65}])
+    record(f"{regime.name}--trunk-old", {"z": [99.0, 99.0]}, {}, identity={**current, "regime_key": "old"})
+    record(f"{regime.name}x", {"z": [99.0, 99.0]}, {})  # another regime whose name starts with this one's
+    alone, finished = _recorded_elsewhere(tmp_path, regime, regime.name)
+    # y delivered: (70 + 74) / 2; y's search shipped the baseline on seed 0 (0.70 > 0.65), y on seed 1: (99 + 74) / 2
+    assert alone == {"y": [80.0, 82.0]} and finished == [72.0, 86.5]
+
     search = {"searcher_seed": 0, "pick": "x", "winner_val": 0.99, "distinct_trained": 8, "branch_test_top1": None}
     own = {"x": [{"test": 60.0, "val": 50.0}] * 2, BASELINE: [{"test": 50.0, "val": 40.0}] * 2}
     summary = summarise(regime, [{**search, "trial_seconds": 1.0, "search_wall_s": 1.0}], {"x": [70.0, 70.0]},
-                        {"none": 50.0}, own, elsewhere=({"y": [80.0, 82.0]}, [85.0]))  # fmt: skip
+                        {"none": 50.0}, own, elsewhere=(alone, finished))  # fmt: skip
     assert summary["best"] == "y" and summary["regret_pp"] == [11.0]  # 81 - 70
-    assert summary["delivered_regret_pp"] == [25.0] and summary["shipped_regret_pp"] == [25.0]  # 85 - 60
+    assert summary["delivered_regret_pp"] == [26.5] and summary["shipped_regret_pp"] == [26.5]  # 86.5 - 60

@@ -409,6 +409,17 @@ def test_an_unset_val_per_class_aims_at_1000_images_within_a_tenth_of_the_pool(s
     assert validation_per_class(smallest_class, num_classes) == expected
 
 
+def test_an_automatic_validation_size_is_the_same_for_the_teachers_larger_split():
+    # both splits draw validation from the same training pool first, so the student's val is the teacher's val and
+    # the teacher never trains on a student validation image
+    spec = DataSpec("digits", image_size=8, train_per_class=7, val_pool="teacher_unused")
+    teacher_spec = DataSpec("digits", image_size=8, train_per_class=100)
+    student, teacher = load_student_data(spec, teacher_spec), load_data(teacher_spec)
+    assert torch.equal(student.val.images[:120], teacher.val.images)  # 12 per class, as for the whole pool
+    assert image_keys(student.val.images[:120]).isdisjoint(image_keys(teacher.train.images))
+    assert len(student.val) == 120 + 10 * (100 - 7)
+
+
 def test_train_per_class_larger_than_available_names_the_maximum(tmp_path):
     # smallest digits class (8) has 174 images: 52 go to the test pool, 10 to val, leaving 112
     load_data(DataSpec("digits", train_per_class=112, val_per_class=10))
