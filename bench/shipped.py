@@ -69,9 +69,7 @@ def shipped_job(regime, searcher_seed: int, trunk: str = DEFAULT_TRUNK) -> JobSp
         teacher = teacher.model_copy(update={"train_per_class": regime.teacher_data.train_per_class})
     return JobSpec.model_validate(
         {
-            "name": f"{regime.name}-s{searcher_seed}"
-            if trunk == DEFAULT_TRUNK
-            else f"{regime.name}-trunk-{_trunk_tag(trunk)}-s{searcher_seed}",
+            "name": f"{_measured_name(regime.name, trunk)}-s{searcher_seed}",
             "data": data.model_dump(),
             "teacher": teacher.model_dump(),
             "student": regime.student.model_dump(),
@@ -86,9 +84,12 @@ def shipped_job(regime, searcher_seed: int, trunk: str = DEFAULT_TRUNK) -> JobSp
     )
 
 
-def _trunk_tag(trunk: str) -> str:
-    """Six hex digits naming a trunk other than the default in run folder and record names."""
-    return hashlib.sha1(trunk.encode()).hexdigest()[:6]
+def _measured_name(regime_name: str, trunk: str) -> str:
+    """The name of what is measured from a ``trunk`` trunk on a regime, which its search folders (``-s<seed>``) and
+    its records file carry: the regime's name for the default trunk, else ``<regime>--trunk-<six hex digits>``."""
+    if trunk == DEFAULT_TRUNK:
+        return regime_name
+    return f"{regime_name}--trunk-{hashlib.sha1(trunk.encode()).hexdigest()[:6]}"
 
 
 def run_one_search(regime, searcher_seed: int, work: Path, log, trunk: str = DEFAULT_TRUNK) -> dict:
@@ -283,11 +284,10 @@ def summarise(
     alone_elsewhere, delivered_elsewhere = elsewhere
     means = {**ladder_means, **{c: float(np.mean(v)) for c, v in {**alone_elsewhere, **truth}.items()}}
     best = max(means.values())
-    delivered_means = {c: float(np.mean([run["test"] for run in runs])) for c, runs in delivered.items()}
-    best_delivered = max([best, *delivered_means.values(), *delivered_elsewhere])
+    delivered_means = {c: _mean_test(runs) for c, runs in delivered.items()}
     shipped = [_shipped_runs(delivered[s["pick"]], delivered[BASELINE], s["winner_val"]) for s in searches]
-    shipped_means = [float(np.mean([run["test"] for run in runs])) for runs in shipped]
-    best_delivered = max([best_delivered, *shipped_means])
+    shipped_means = [_mean_test(runs) for runs in shipped]
+    best_delivered = max([best, *delivered_means.values(), *shipped_means, *delivered_elsewhere])
     job = shipped_job(regime, 0, trunk_policy)
     epochs, at, ladder = job.final.recipe.epochs, job.branch.at, len(regime.candidates)
     trunk = branch_epoch(epochs, at)
@@ -330,6 +330,11 @@ def summarise(
     }
 
 
+def _mean_test(runs: list[dict]) -> float:
+    """The mean test top-1 (%) of ``runs``, one per ground-truth seed."""
+    return float(np.mean([run["test"] for run in runs]))
+
+
 def _shipped_runs(pick_runs: list[dict], baseline_runs: list[dict], winner_val: float) -> list[dict]:
     """Per ground-truth seed, the run the final training ships: the baseline's where its validation accuracy beats
     ``winner_val`` (fraction), the winning branch's own reading in the search, as the product's final winner is a
@@ -368,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     picks = sorted({s["pick"] for s in searches} - set(ladder_means))
     truth = ground_truth(regime, picks, work, log, args.jobs)
     delivered = delivered_truth(regime, sorted({s["pick"] for s in searches}), work, log, args.jobs, args.trunk)
-    name = regime.name if args.trunk == DEFAULT_TRUNK else f"{regime.name}--trunk-{_trunk_tag(args.trunk)}"
+    name = _measured_name(regime.name, args.trunk)
     elsewhere = _recorded_elsewhere(out / "shipped", regime, name)
     summary = summarise(regime, searches, truth, ladder_means, delivered, args.trunk, elsewhere)
     results = json.loads((out / "results.json").read_text())  # read again: other benches write it meanwhile
@@ -465,7 +470,7 @@ def _recorded_elsewhere(folder: Path, regime, own: str) -> tuple[dict[str, list[
         shipped = [
             _shipped_runs(delivered[s["pick"]], delivered[BASELINE], s["winner_val"]) for s in record["searches"]
         ]
-        finished += [float(np.mean([run["test"] for run in runs])) for runs in [*picks, *shipped]]
+        finished += [_mean_test(runs) for runs in [*picks, *shipped]]
     return alone, finished
 
 
