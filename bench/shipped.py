@@ -13,9 +13,9 @@ ground-truth run and each delivered run is cached under ``--work``, whose ``teac
 benchmark share). Writes ``shipped_search`` into that regime's entry of ``bench/results/results.json`` and the
 per-run records (every trial row, every trial epoch, every ground-truth and delivered run) to
 ``bench/results/shipped/<regime>.json.gz`` (another trunk's: ``shipped_search_trunks`` and
-``<regime>--trunk-<tag>.json.gz``; after measuring one, rerun the others so that their summaries see its picks). The
-planted controls cannot run here: their nuisance is applied to the
-validation and test images by the benchmark, and a user's job validates on its own training pool.
+``<regime>--trunk-<tag>.json.gz``; after measuring one, rerun the others so that their summaries see its picks). A
+planted control's job validates on the benchmark's validation images with the nuisance, given as a user's
+``data.val_pool`` folder (images taken in deployment conditions); its test images carry the nuisance too.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import hashlib
 import json
 import math
 import multiprocessing
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -37,6 +38,7 @@ import torch
 from daq_search.candidates import parse_candidate
 from daq_search.checkpoints import load_state
 from daq_search.config import DataConfig, JobSpec
+from daq_search.data import VAL_POOLS
 from daq_search.kd import eval_loader, evaluate
 from daq_search.results import read_epochs, read_trials
 from daq_search.search import plan_search, run_search
@@ -55,18 +57,23 @@ from .runs import Job, run_student, student_bundle, student_training, test_set
 SEARCHER_SEEDS = (0, 1, 2)
 VAL_POOL = "teacher_unused"
 """The shipped jobs validate on the teacher split's unused images, as ``jobs/demo.yaml`` does."""
+PLANTED_VALIDATION = Path(__file__).parent / "work" / "planted-validation"
+"""Where a planted regime's validation images, nuisance applied, are written as a user's ``val_pool`` folder."""
 
 
 def shipped_job(regime, searcher_seed: int, trunk: str = DEFAULT_TRUNK) -> JobSpec:
     """The regime as a user's job with every selection setting at the package's default but the trunk's policy
     (``trunk``, the default's unless asked): its data (validated on :data:`VAL_POOL` when the teacher has a larger
-    split), teacher, student, quantizer, KD loss and scorer, the full recipe as the final training, and
+    split; a planted regime on its validation images with the nuisance, as a folder a user would give, written by
+    :func:`write_planted_validation`), teacher, student, quantizer, KD loss and scorer, the full recipe as the final training, and
     ``searcher.seed``."""
     data: DataConfig = regime.data
     teacher = regime.teacher
     if regime.teacher_data is not None:
         data = data.model_copy(update={"val_pool": VAL_POOL})
         teacher = teacher.model_copy(update={"train_per_class": regime.teacher_data.train_per_class})
+    if regime.planted is not None:
+        data = data.model_copy(update={"val_pool": str(planted_validation_folder(regime))})
     return JobSpec.model_validate(
         {
             "name": f"{_measured_name(regime.name, trunk)}-s{searcher_seed}",
@@ -84,6 +91,36 @@ def shipped_job(regime, searcher_seed: int, trunk: str = DEFAULT_TRUNK) -> JobSp
     )
 
 
+def planted_validation_folder(regime) -> Path:
+    """The ``val_pool`` folder of a planted regime's shipped jobs (one per regime config)."""
+    return PLANTED_VALIDATION / f"{regime.name}-{regime.key()}"
+
+
+def write_planted_validation(regime) -> Path:
+    """Write a planted regime's validation images, nuisance applied (the benchmark's own validation set,
+    :func:`bench.runs.student_bundle`), as ``<class>/<index>.png`` under :func:`planted_validation_folder` unless
+    it is there; returns the folder. PNG keeps the uint8 pixels exactly."""
+    from torchvision.io import write_png
+
+    folder = planted_validation_folder(regime)
+    if folder.is_dir():
+        return folder
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    val = student_bundle(regime).val
+    for index, (image, label) in enumerate(zip(val.images, val.labels, strict=True)):
+        (partial / str(int(label))).mkdir(parents=True, exist_ok=True)
+        write_png(image, str(partial / str(int(label)) / f"{index:05d}.png"))
+    partial.rename(folder)
+    return folder
+
+
+def _pool_label(job: JobSpec) -> str:
+    """The job's validation pool as the records name it: a named pool, or a folder's own name."""
+    pool = job.data.val_pool
+    return pool if pool in VAL_POOLS else Path(pool).name
+
+
 def _measured_name(regime_name: str, trunk: str) -> str:
     """The name of what is measured from a ``trunk`` trunk on a regime, which its search folders (``-s<seed>``) and
     its records file carry: the regime's name for the default trunk, else ``<regime>--trunk-<six hex digits>``."""
@@ -95,6 +132,8 @@ def _measured_name(regime_name: str, trunk: str) -> str:
 def run_one_search(regime, searcher_seed: int, work: Path, log, trunk: str = DEFAULT_TRUNK) -> dict:
     """One shipped search of ``regime`` from a ``trunk`` trunk (cached: a finished run folder is read, not rerun);
     returns its record."""
+    if regime.planted is not None:
+        write_planted_validation(regime)
     job = shipped_job(regime, searcher_seed, trunk)
     storage = work  # its teachers/ folder is the one the ground-truth runs read
     run_dir = storage / job.name
@@ -124,7 +163,7 @@ def run_one_search(regime, searcher_seed: int, work: Path, log, trunk: str = DEF
         "search_wall_s": json.loads((run_dir / "bench-wall.json").read_text())["wall_s"]
         if (run_dir / "bench-wall.json").is_file()
         else None,
-        "branch_test_top1": _branch_test_accuracy(job, run_dir / f"trial_{first['trial_id']}", winner),
+        "branch_test_top1": _branch_test_accuracy(regime, job, run_dir / f"trial_{first['trial_id']}", winner),
         "trials": trials.drop(columns=["started_at", "ended_at"]).to_dict("records"),
         "epochs": epochs.to_dict("records"),
     }
@@ -154,9 +193,10 @@ def _winner(run_dir: Path) -> dict:
     return yaml.safe_load((run_dir / "winner.yaml").read_text())
 
 
-def _branch_test_accuracy(job: JobSpec, trial_dir: Path, winner: dict) -> float | None:
-    """Test top-1 of the winning branch's own student (the last checkpoint in its ``trial_dir``), the model the
-    search's final training reproduces; None when its checkpoint is gone. ``winner``: the search's winner.yaml."""
+def _branch_test_accuracy(regime, job: JobSpec, trial_dir: Path, winner: dict) -> float | None:
+    """Test top-1 of the winning branch's own student (the last checkpoint in its ``trial_dir``) on the regime's
+    test set (:func:`bench.runs.test_set`), the model the search's final training reproduces; None when its
+    checkpoint is gone. ``winner``: the search's winner.yaml."""
     from daq_search.student import build_student
 
     states = sorted(trial_dir.glob(f"checkpoint_*/{TRIAL_STATE_FILE}"))
@@ -166,7 +206,7 @@ def _branch_test_accuracy(job: JobSpec, trial_dir: Path, winner: dict) -> float 
     teacher = load_teacher(winner["teacher"]["checkpoint"], job.teacher, bundle)
     student = build_student(job.student, job.quant, bundle, teacher, seed=job.teacher.seed)
     student.load_state_dict(load_state(states[-1], "branch")["model"])
-    accuracy, _ = evaluate(student, eval_loader(bundle.test, bundle))
+    accuracy, _ = evaluate(student, eval_loader(test_set(regime), bundle))
     return accuracy
 
 
@@ -216,13 +256,15 @@ def delivered_truth(
 def _delivered_key(regime, pick: str, seed: int, trunk: str = DEFAULT_TRUNK) -> str:
     job = shipped_job(regime, 0, trunk)
     what = f"{job.final.baseline} alone" if pick == BASELINE else f"{job.branch.trunk}|{job.branch.at}|{pick}"
-    return f"{regime.name}|{regime.key()}|{job.data.val_pool}|{what}|{seed}"
+    return f"{regime.name}|{regime.key()}|{_pool_label(job)}|{what}|{seed}"
 
 
 def _run_delivered(args: tuple[str, int, list[str], str, str]) -> dict[str, dict[str, float]]:
     name, seed, wanted, work, trunk_policy = args
     torch.set_num_threads(1)
     regime = build_regime(name)
+    if regime.planted is not None:
+        write_planted_validation(regime)
     job = shipped_job(regime, 0, trunk_policy)
     val = job.load_data()
     epochs = regime.recipe.epochs
@@ -294,7 +336,7 @@ def summarise(
     costs = [(s["distinct_trained"] * (epochs - trunk)) / (ladder * epochs) for s in searches]
     return {
         "rule": f"late-phase branching: {job.branch.trunk} trunk to {at:.0%}, then {job.objective} at each branch's "
-        f"end on {job.data.val_pool} validation, {job.searcher.num_samples} samples",
+        f"end on {_pool_label(job)} validation, {job.searcher.num_samples} samples",
         "trunk": job.branch.trunk,
         "branch_at": at,
         "objective": job.objective,
@@ -311,7 +353,7 @@ def summarise(
         "baseline_alone_pct": delivered_means[BASELINE],
         "delivered_rule": "each pick as the final training delivers it (the trunk trained under "
         f"{job.branch.trunk} to {at:.0%}, then continued under the pick), on the ground-truth seeds; 'shipped': the "
-        f"delivered pick, or the {job.final.baseline} baseline trained alone where its {job.data.val_pool} validation "
+        f"delivered pick, or the {job.final.baseline} baseline trained alone where its {_pool_label(job)} validation "
         "accuracy beats the winning branch's own reading in the search (the product's final winner is a near copy of "
         "that branch; baseline_shipped counts those seeds); regrets "
         "against the best of every candidate trained alone, every pick delivered and every search's shipped mean",

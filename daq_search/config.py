@@ -3,7 +3,7 @@
 Every problem with a file (missing, not YAML, an unknown key, a value out of range, a search space or candidate that
 does not exist) raises :class:`~daq_search.errors.DaqSearchError` with one line naming the file, the field and what
 is allowed, before any Ray work starts. Relative paths inside a job file (``search_space``, ``teacher.checkpoint``,
-``data.root``) are resolved against the job file's folder.
+``data.root``, a ``data.val_pool`` folder) are resolved against the job file's folder.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pydantic import (
 )
 
 from .candidates import Candidate, parse_candidate
-from .data import DATASETS, DataBundle, DataSpec, load_student_data
+from .data import DATASETS, VAL_POOLS, DataBundle, DataSpec, load_student_data
 from .errors import DaqSearchError
 from .files import check_run_name, clip, read_yaml
 from .metric import METRIC_MODES
@@ -78,7 +78,10 @@ class DataConfig(_Strict):
     val_per_class: StrictInt | None = Field(None, ge=1)
     seed: StrictInt = 0
     download: bool = False
-    val_pool: Literal["split", "teacher_unused"] = "split"
+    val_pool: str = Field("split", min_length=1)
+    """``split`` (the split's own validation images), ``teacher_unused`` (those plus the teacher split's unused
+    training images) or a folder of the user's labelled images, relative to the job file
+    (:func:`daq_search.data.folder_validation`)."""
 
     @field_validator("name")
     @classmethod
@@ -457,11 +460,23 @@ def job_from_dict(raw: Any, source: str, base_dir: Path) -> JobSpec:
         update={
             "search_space": _resolve(base_dir, job.search_space),
             "teacher": job.teacher.model_copy(update={"checkpoint": _resolve(base_dir, job.teacher.checkpoint)}),
-            "data": job.data.model_copy(update={"root": _resolve(base_dir, job.data.root)}),
+            "data": job.data.model_copy(
+                update={
+                    "root": _resolve(base_dir, job.data.root),
+                    "val_pool": job.data.val_pool
+                    if job.data.val_pool in VAL_POOLS
+                    else _resolve(base_dir, job.data.val_pool),
+                }
+            ),
         }
     )
     if not Path(job.search_space).is_file():
         raise DaqSearchError(f"{source}: search_space: no such file {job.search_space}")
+    if job.data.val_pool not in VAL_POOLS and not Path(job.data.val_pool).is_dir():
+        raise DaqSearchError(
+            f"{source}: data.val_pool: no such folder {job.data.val_pool}; allowed: split, teacher_unused, or a folder "
+            "of <class>/ images"
+        )
     if job.teacher.checkpoint is not None and not Path(job.teacher.checkpoint).is_file():
         raise DaqSearchError(f"{source}: teacher.checkpoint: no such file {job.teacher.checkpoint}")
     space = job.load_search_space()

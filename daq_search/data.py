@@ -20,7 +20,9 @@ unselected join the test set.
 
 When a teacher trains on a larger split (:func:`load_student_data`), ``val_pool: teacher_unused`` validates the
 student on its own val images plus the teacher split's training images the student does not train on (the student
-never sees them; the test set stays disjoint from both splits).
+never sees them; the test set stays disjoint from both splits). ``val_pool`` set to a folder validates the student on
+the user's own labelled images instead, say ones taken where the model will be deployed
+(:func:`folder_validation`); the teacher and the splits are unchanged.
 """
 
 from __future__ import annotations
@@ -65,6 +67,9 @@ _RESIZE_CHUNK = 2048  # images resized at once, bounding the float buffer of a w
 _STATS_CHUNK = 1024  # images summed at once when computing channel statistics
 AUTO_VAL_IMAGES = 1000  # validation images an unset val_per_class aims for: a binomial standard error <= 1.6 pp
 AUTO_VAL_SHARE = 0.1  # the most of the smallest class's training pool an unset val_per_class takes
+
+VAL_POOLS = ("split", "teacher_unused")
+"""The named validation pools; any other ``val_pool`` is a folder of labelled images (:func:`folder_validation`)."""
 
 _ANIMALS_INSTALL = "data.name: 'animals' needs the animal-mnist wheel: pip install --no-deps animal-mnist==0.4"
 
@@ -115,25 +120,30 @@ class TensorImageDataset(ImageDataset):
 
 
 class ImageFolderDataset(ImageDataset):
-    """Image files decoded on access as RGB and resized (bilinear, antialiased) to `image_size` x `image_size`."""
+    """Image files decoded on access as RGB (``channels`` 3) or grey (1) and resized (bilinear, antialiased) to
+    `image_size` x `image_size`."""
 
-    def __init__(self, paths: Sequence[str], labels: torch.Tensor, num_classes: int, image_size: int):
+    def __init__(
+        self, paths: Sequence[str], labels: torch.Tensor, num_classes: int, image_size: int, channels: int = 3
+    ):
         if len(paths) != len(labels):
             raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
         self.paths = list(paths)
         self.labels = labels
         self.num_classes = num_classes
         self.image_size = image_size
+        self.channels = channels
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = decode_image(self.paths[index], mode=ImageReadMode.RGB)
+        mode = ImageReadMode.RGB if self.channels == 3 else ImageReadMode.GRAY
+        image = decode_image(self.paths[index], mode=mode)
         return _resize(image, self.image_size), int(self.labels[index])
 
     def subset(self, indices: torch.Tensor | Sequence[int]) -> ImageFolderDataset:
         """The files at `indices`, in that order (nothing is decoded)."""
         indices = torch.as_tensor(indices, dtype=torch.int64)
         paths = [self.paths[i] for i in indices.tolist()]
-        return ImageFolderDataset(paths, self.labels[indices], self.num_classes, self.image_size)
+        return ImageFolderDataset(paths, self.labels[indices], self.num_classes, self.image_size, self.channels)
 
 
 class TransformedDataset(Dataset):
@@ -219,8 +229,17 @@ def load_student_data(spec: DataSpec, teacher_spec: DataSpec) -> DataBundle:
     the teacher split's normalisation (both models see identical inputs) and test set (no image either trained on).
     A teacher split the data set cannot hold is reported as ``teacher.train_per_class``."""
     student = load_data(spec)
-    if teacher_spec == spec:
-        return student
+    if teacher_spec != spec:
+        student = _with_teacher_split(student, teacher_spec)
+    if spec.val_pool not in VAL_POOLS:
+        student = dataclasses.replace(student, val=folder_validation(Path(spec.val_pool), student))
+    return student
+
+
+def _with_teacher_split(student: DataBundle, teacher_spec: DataSpec) -> DataBundle:
+    """``student`` with the normalisation and test set of the teacher's larger split ``teacher_spec`` (validated
+    on that split's unused training images too with ``val_pool: teacher_unused``)."""
+    spec = student.spec
     if spec.val_pool == "teacher_unused" and teacher_spec.train_per_class == spec.train_per_class:
         raise DaqSearchError(
             "data.val_pool: 'teacher_unused' needs teacher.train_per_class larger than data.train_per_class; "
@@ -234,6 +253,42 @@ def load_student_data(spec: DataSpec, teacher_spec: DataSpec) -> DataBundle:
     if spec.val_pool == "teacher_unused":
         val = _joined(student.val, _without(teacher.train, student.train))
     return dataclasses.replace(student, val=val, test=teacher.test, mean=teacher.mean, std=teacher.std)
+
+
+def folder_validation(folder: Path, bundle: DataBundle) -> ImageFolderDataset:
+    """The validation images of a ``val_pool`` folder: ``folder/<class>/`` image files (searched recursively), a
+    class folder named as the data set names its classes (:func:`class_names`), decoded with ``bundle``'s channels
+    and resized to its side; raises DaqSearchError naming ``data.val_pool`` for a missing folder, an unknown class
+    folder or no images at all."""
+    allowed = f"allowed: split, teacher_unused, or a folder of <class>/ images ({_VAL_FOLDER_CLASSES})"
+    if not folder.is_dir():
+        raise DaqSearchError(f"data.val_pool: {str(folder)!r} is not a folder; {allowed}")
+    names = class_names(bundle)
+    found = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
+    unknown = [name for name in found if name not in names]
+    if unknown:
+        raise DaqSearchError(f"data.val_pool: {folder / unknown[0]} is not a class of {bundle.spec.name!r}; {allowed}")
+    class_index = {name: index for index, name in enumerate(names)}
+    paths, labels = [], []
+    for name in found:
+        files_found = _image_files(folder / name)
+        paths += files_found
+        labels += [class_index[name]] * len(files_found)
+    if not paths:
+        raise DaqSearchError(f"data.val_pool: {folder} holds no .jpg, .jpeg or .png images in class folders")
+    labels_tensor = torch.tensor(labels, dtype=torch.int64)
+    return ImageFolderDataset(paths, labels_tensor, bundle.num_classes, bundle.image_size, bundle.in_channels)
+
+
+_VAL_FOLDER_CLASSES = "class folders named 0, 1, ... by class index, or as train/'s folders for imagefolder"
+
+
+def class_names(bundle: DataBundle) -> list[str]:
+    """The name of each class by index: ``root/train``'s sorted folder names for an image folder, else the index
+    itself (``"0"``, ``"1"``, ...)."""
+    if bundle.spec.name == "imagefolder":
+        return _image_folder_classes(Path(bundle.spec.root) / "train")
+    return [str(index) for index in range(bundle.num_classes)]
 
 
 def _image_keys(dataset: ImageDataset) -> list[Any]:
@@ -253,7 +308,9 @@ def _joined(first: ImageDataset, second: ImageDataset) -> ImageDataset:
     """``first``'s items followed by ``second``'s (both of one kind: in-memory or files)."""
     labels = torch.cat([first.labels, second.labels])
     if isinstance(first, ImageFolderDataset):
-        return ImageFolderDataset(first.paths + second.paths, labels, first.num_classes, first.image_size)
+        return ImageFolderDataset(
+            first.paths + second.paths, labels, first.num_classes, first.image_size, first.channels
+        )
     return TensorImageDataset(torch.cat([first.images, second.images]), labels, first.num_classes)
 
 
@@ -610,7 +667,7 @@ _IMAGE_FOLDER_LAYOUT = (
 def _image_folder_datasets(root: Path, image_size: int) -> tuple[ImageFolderDataset, ImageFolderDataset]:
     """(training pool from root/train, test set from root/val) of an image folder; classes = sorted train folders."""
     train_dir, val_dir = root / "train", root / "val"
-    classes = sorted(entry.name for entry in os.scandir(train_dir) if entry.is_dir()) if train_dir.is_dir() else []
+    classes = _image_folder_classes(train_dir)
     if not classes:
         raise DaqSearchError(f"data.root: {root} has no class folders under train/ ({_IMAGE_FOLDER_LAYOUT})")
     if not val_dir.is_dir():
@@ -632,18 +689,28 @@ def _image_folder_datasets(root: Path, image_size: int) -> tuple[ImageFolderData
     )
 
 
+def _image_folder_classes(train_dir: Path) -> list[str]:
+    """The sorted class folder names under an image folder's ``train/`` (none when it is missing)."""
+    return sorted(entry.name for entry in os.scandir(train_dir) if entry.is_dir()) if train_dir.is_dir() else []
+
+
+def _image_files(folder: Path) -> list[str]:
+    """Sorted paths of the .jpg, .jpeg and .png files under ``folder``, searched recursively."""
+    return sorted(
+        os.path.join(directory, file_name)
+        for directory, _, file_names in os.walk(folder)
+        for file_name in file_names
+        if file_name.lower().endswith(IMAGE_SUFFIXES)
+    )
+
+
 def _class_folder_images(folder: Path, classes: list[str], class_index: dict[str, int]) -> tuple[list[str], list[int]]:
     """Sorted image paths under folder/<class>/ (searched recursively) for every class, with their class indices."""
     paths, labels = [], []
     for name in classes:
         if name not in class_index:
             raise DaqSearchError(f"data.root: {folder / name} is a class with no folder in {folder.parent / 'train'}")
-        found = sorted(
-            os.path.join(directory, file_name)
-            for directory, _, file_names in os.walk(folder / name)
-            for file_name in file_names
-            if file_name.lower().endswith(IMAGE_SUFFIXES)
-        )
+        found = _image_files(folder / name)
         if not found:
             raise DaqSearchError(f"data.root: {folder / name} holds no .jpg, .jpeg or .png images")
         paths += found

@@ -550,3 +550,23 @@ def test_every_search_of_a_regime_is_judged_against_the_best_any_of_its_records_
                         {"none": 50.0}, own, elsewhere=(alone, finished))  # fmt: skip
     assert summary["best"] == "y" and summary["regret_pp"] == [11.0]  # 81 - 70
     assert summary["delivered_regret_pp"] == [26.5] and summary["shipped_regret_pp"] == [26.5]  # 86.5 - 60
+
+
+@pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities of TorchVision")
+def test_a_planted_regimes_shipped_job_validates_on_its_nuisance_images_as_a_folder(tmp_path, monkeypatch):
+    import bench.shipped
+    from bench.runs import student_bundle
+
+    monkeypatch.setattr(bench.shipped, "PLANTED_VALIDATION", tmp_path)
+    regime = build_regime("animals16-planted-affine-40ep")
+    folder = bench.shipped.write_planted_validation(regime)
+    job = bench.shipped.shipped_job(regime, 0)
+    assert job.data.val_pool == str(folder) and folder.parent == tmp_path
+    shipped, planted = job.load_data().val, student_bundle(regime).val
+    assert len(shipped) == len(planted) == 100
+    pairs = {(int(label), image.numpy().tobytes()) for image, label in zip(planted.images, planted.labels)}
+    assert {(shipped[i][1], shipped[i][0].numpy().tobytes()) for i in range(len(shipped))} == pairs
+    unplanted = student_bundle(dataclasses.replace(regime, planted=None)).val
+    assert not pairs & {
+        (int(label), image.numpy().tobytes()) for image, label in zip(unplanted.images, unplanted.labels)
+    }

@@ -43,7 +43,10 @@ def test_the_base_job_is_valid(tmp_path):
 
 BAD_JOBS = [
     ({"data": {"val_pool": "teacher_unused"}}, r"data\.val_pool: 'teacher_unused' needs teacher\.train_per_class"),
-    ({"data": {"val_pool": "all"}}, r"data\.val_pool: Input should be 'split' or 'teacher_unused'"),
+    (
+        {"data": {"val_pool": "all"}},
+        r"data\.val_pool: no such folder .*/all; allowed: split, teacher_unused, or a folder",
+    ),
     ({"data": {"val_per_class": 0}}, r"data\.val_per_class: Input should be greater than or equal to 1"),
     ({"trial": {"epoch": 3}}, r"trial\.epoch: unknown key; allowed: epochs, batch_size"),
     ({"quant": {"wbits": 1}}, r"quant\.wbits: Input should be greater than or equal to 2"),
@@ -79,6 +82,13 @@ def test_teacher_split_is_the_data_with_the_teachers_images_per_class(tmp_path):
     assert job.teacher_data().train_per_class == 60 and job.data.train_per_class == 20
     plain = load_job(write_job(tmp_path))
     assert plain.teacher_data() is plain.data
+
+
+def test_a_val_pool_folder_is_resolved_against_the_job_file(tmp_path):
+    (tmp_path / "deployed" / "0").mkdir(parents=True)
+    job = load_job(write_job(tmp_path, data={"val_pool": "deployed"}))
+    assert job.data.val_pool == str(tmp_path / "deployed")
+    assert load_job(write_job(tmp_path, data={"val_pool": "split"})).data.val_pool == "split"
 
 
 def test_not_yaml_and_missing_file(tmp_path):

@@ -1,5 +1,6 @@
 """Tests for daq_search.data: real bundled sets, CIFAR / image-folder fixtures written here, and every error path."""
 
+import dataclasses
 import importlib.util
 import io
 import os
@@ -121,6 +122,53 @@ def test_teacher_unused_val_pool_adds_the_teacher_split_images_the_student_never
     assert torch.equal(torch.bincount(student.val.labels), torch.full((10,), 43))
     with pytest.raises(DaqSearchError, match=r"^data\.val_pool: 'teacher_unused' needs teacher\.train_per_class"):
         load_student_data(spec, DataSpec("digits", image_size=8, train_per_class=7))
+
+
+def test_a_val_pool_folder_replaces_only_the_validation_images(tmp_path):
+    plain = DataSpec("digits", image_size=8, train_per_class=7, val_per_class=2)
+    own = load_data(plain)
+    for index, (image, label) in enumerate(zip(own.val.images, own.val.labels, strict=True)):
+        (tmp_path / str(int(label))).mkdir(exist_ok=True)
+        write_png(255 - image, str(tmp_path / str(int(label)) / f"{index:03d}.png"))  # other images than the split's
+    spec = dataclasses.replace(plain, val_pool=str(tmp_path))
+    bundle = load_student_data(spec, dataclasses.replace(plain, train_per_class=40))
+    assert len(bundle.val) == 20 and bundle.val.channels == 1
+    for position, path in enumerate(bundle.val.paths):
+        image, label = bundle.val[position]
+        index = int(Path(path).stem)
+        assert torch.equal(image, 255 - own.val.images[index]) and label == int(own.val.labels[index])
+    teacher_split = load_student_data(plain, dataclasses.replace(plain, train_per_class=40))
+    assert torch.equal(bundle.train.images, own.train.images) and torch.equal(
+        bundle.test.images, teacher_split.test.images
+    )
+    assert bundle.mean == teacher_split.mean != own.mean
+
+
+def test_a_val_pool_folder_names_its_classes_as_the_data_set_does(tmp_path):
+    write_image_folder(tmp_path / "data", tiny_val=False)
+    write_png_file(tmp_path / "deployed" / "bee" / "one.png", (0, 9, 0), size=12)
+    spec = DataSpec("imagefolder", root=str(tmp_path / "data"), val_per_class=1, image_size=6)
+    bundle = load_student_data(dataclasses.replace(spec, val_pool=str(tmp_path / "deployed")), spec)
+    assert bundle.val.labels.tolist() == [list(COLOURS).index("bee")]
+    assert torch.equal(bundle.val[0][0], torch.tensor([0, 9, 0], dtype=torch.uint8).view(3, 1, 1).expand(3, 6, 6))
+
+
+@pytest.mark.parametrize(
+    "layout, message",
+    [
+        (None, r"'.*deployed' is not a folder; allowed: split, teacher_unused, or a folder of <class>/ images"),
+        ({"10/a.png"}, r".*deployed/10 is not a class of 'digits'; allowed: split"),
+        ({"3/notes.txt"}, r".*deployed holds no \.jpg, \.jpeg or \.png images in class folders$"),
+    ],
+)
+def test_a_bad_val_pool_folder_is_one_line_naming_the_field(tmp_path, layout, message):
+    for name in layout or ():
+        (tmp_path / "deployed" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "deployed" / name).write_bytes(b"")
+    spec = DataSpec("digits", image_size=8, val_per_class=1, val_pool=str(tmp_path / "deployed"))
+    with pytest.raises(DaqSearchError, match=r"^data\.val_pool: " + message) as err:
+        load_student_data(spec, spec)
+    assert "\n" not in str(err.value)
 
 
 def test_teacher_split_larger_than_the_data_set_names_the_teacher_field():
