@@ -29,6 +29,7 @@ import math
 import multiprocessing
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -105,13 +106,16 @@ def write_planted_validation(regime) -> Path:
     folder = planted_validation_folder(regime)
     if folder.is_dir():
         return folder
-    partial = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
     val = student_bundle(regime).val
     for index, (image, label) in enumerate(zip(val.images, val.labels, strict=True)):
-        (partial / str(int(label))).mkdir(parents=True, exist_ok=True)
+        (partial / str(int(label))).mkdir(exist_ok=True)
         write_png(image, str(partial / str(int(label)) / f"{index:05d}.png"))
-    partial.rename(folder)
+    try:
+        partial.rename(folder)
+    except OSError:  # another process wrote the same images first
+        shutil.rmtree(partial)
     return folder
 
 
@@ -172,15 +176,16 @@ def run_one_search(regime, searcher_seed: int, work: Path, log, trunk: str = DEF
 def _check_cached_job(run_dir: Path, job: JobSpec) -> None:
     """Raise when ``run_dir`` holds a search of another job than ``job`` (say, of an earlier default selection),
     whose cached winner must not be read as this job's; the folder's name aside, every field is compared, the search
-    space by its file name."""
+    space and a validation folder by their names."""
     import yaml
 
     path = run_dir / "job.yaml"
     if not path.is_file():
         return
     started, current = yaml.safe_load(path.read_text()), job.model_dump(mode="json")
-    for fields in (started, current):  # the folder's name, and the space by file (worktrees resolve it elsewhere)
+    for fields in (started, current):  # the folder's name; paths by their last part (worktrees resolve them elsewhere)
         fields["name"], fields["search_space"] = None, Path(fields["search_space"]).name
+        fields["data"]["val_pool"] = Path(fields["data"]["val_pool"]).name
     changed = [key for key in current if current[key] != started.get(key)]
     if changed:
         raise RuntimeError(f"{run_dir} holds a search of another job ({', '.join(changed)} differ); move it away")

@@ -472,11 +472,6 @@ def job_from_dict(raw: Any, source: str, base_dir: Path) -> JobSpec:
     )
     if not Path(job.search_space).is_file():
         raise DaqSearchError(f"{source}: search_space: no such file {job.search_space}")
-    if job.data.val_pool not in VAL_POOLS and not Path(job.data.val_pool).is_dir():
-        raise DaqSearchError(
-            f"{source}: data.val_pool: no such folder {job.data.val_pool}; allowed: split, teacher_unused, or a folder "
-            "of <class>/ images"
-        )
     if job.teacher.checkpoint is not None and not Path(job.teacher.checkpoint).is_file():
         raise DaqSearchError(f"{source}: teacher.checkpoint: no such file {job.teacher.checkpoint}")
     space = job.load_search_space()

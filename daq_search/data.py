@@ -120,30 +120,25 @@ class TensorImageDataset(ImageDataset):
 
 
 class ImageFolderDataset(ImageDataset):
-    """Image files decoded on access as RGB (``channels`` 3) or grey (1) and resized (bilinear, antialiased) to
-    `image_size` x `image_size`."""
+    """Image files decoded on access as RGB and resized (bilinear, antialiased) to `image_size` x `image_size`."""
 
-    def __init__(
-        self, paths: Sequence[str], labels: torch.Tensor, num_classes: int, image_size: int, channels: int = 3
-    ):
+    def __init__(self, paths: Sequence[str], labels: torch.Tensor, num_classes: int, image_size: int):
         if len(paths) != len(labels):
             raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
         self.paths = list(paths)
         self.labels = labels
         self.num_classes = num_classes
         self.image_size = image_size
-        self.channels = channels
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        mode = ImageReadMode.RGB if self.channels == 3 else ImageReadMode.GRAY
-        image = decode_image(self.paths[index], mode=mode)
+        image = decode_image(self.paths[index], mode=ImageReadMode.RGB)
         return _resize(image, self.image_size), int(self.labels[index])
 
     def subset(self, indices: torch.Tensor | Sequence[int]) -> ImageFolderDataset:
         """The files at `indices`, in that order (nothing is decoded)."""
         indices = torch.as_tensor(indices, dtype=torch.int64)
         paths = [self.paths[i] for i in indices.tolist()]
-        return ImageFolderDataset(paths, self.labels[indices], self.num_classes, self.image_size, self.channels)
+        return ImageFolderDataset(paths, self.labels[indices], self.num_classes, self.image_size)
 
 
 class TransformedDataset(Dataset):
@@ -229,7 +224,7 @@ def load_student_data(spec: DataSpec, teacher_spec: DataSpec) -> DataBundle:
     the teacher split's normalisation (both models see identical inputs) and test set (no image either trained on).
     A teacher split the data set cannot hold is reported as ``teacher.train_per_class``."""
     student = load_data(spec)
-    if teacher_spec != spec:
+    if dataclasses.replace(teacher_spec, val_pool=spec.val_pool) != spec:  # the pool is the student's alone
         student = _with_teacher_split(student, teacher_spec)
     if spec.val_pool not in VAL_POOLS:
         student = dataclasses.replace(student, val=folder_validation(Path(spec.val_pool), student))
@@ -255,32 +250,44 @@ def _with_teacher_split(student: DataBundle, teacher_spec: DataSpec) -> DataBund
     return dataclasses.replace(student, val=val, test=teacher.test, mean=teacher.mean, std=teacher.std)
 
 
-def folder_validation(folder: Path, bundle: DataBundle) -> ImageFolderDataset:
+def folder_validation(folder: Path, bundle: DataBundle) -> TensorImageDataset:
     """The validation images of a ``val_pool`` folder: ``folder/<class>/`` image files (searched recursively), a
-    class folder named as the data set names its classes (:func:`class_names`), decoded with ``bundle``'s channels
-    and resized to its side; raises DaqSearchError naming ``data.val_pool`` for a missing folder, an unknown class
-    folder or no images at all."""
-    allowed = f"allowed: split, teacher_unused, or a folder of <class>/ images ({_VAL_FOLDER_CLASSES})"
+    class folder named as the data set names its classes (:func:`class_names`), decoded once in ``bundle``'s colour
+    mode (grey or RGB) and resized to its side; raises DaqSearchError naming ``data.val_pool`` for a missing folder,
+    an unknown class folder, an unreadable image or no images at all."""
     if not folder.is_dir():
-        raise DaqSearchError(f"data.val_pool: {str(folder)!r} is not a folder; {allowed}")
+        raise DaqSearchError(f"data.val_pool: {str(folder)!r} is not a folder; {VAL_POOL_ALLOWED}")
     names = class_names(bundle)
     found = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
     unknown = [name for name in found if name not in names]
     if unknown:
-        raise DaqSearchError(f"data.val_pool: {folder / unknown[0]} is not a class of {bundle.spec.name!r}; {allowed}")
-    class_index = {name: index for index, name in enumerate(names)}
-    paths, labels = [], []
-    for name in found:
-        files_found = _image_files(folder / name)
-        paths += files_found
-        labels += [class_index[name]] * len(files_found)
-    if not paths:
+        raise DaqSearchError(
+            f"data.val_pool: {folder / unknown[0]} is not a class of {bundle.spec.name!r}; {VAL_POOL_ALLOWED}"
+        )
+    labelled = [(path, names.index(name)) for name in found for path in _image_files(folder / name)]
+    if not labelled:
         raise DaqSearchError(f"data.val_pool: {folder} holds no .jpg, .jpeg or .png images in class folders")
-    labels_tensor = torch.tensor(labels, dtype=torch.int64)
-    return ImageFolderDataset(paths, labels_tensor, bundle.num_classes, bundle.image_size, bundle.in_channels)
+    images = torch.stack([_decoded(path, bundle.in_channels, bundle.image_size) for path, _ in labelled])
+    labels = torch.tensor([label for _, label in labelled], dtype=torch.int64)
+    return TensorImageDataset(images, labels, bundle.num_classes)
 
 
-_VAL_FOLDER_CLASSES = "class folders named 0, 1, ... by class index, or as train/'s folders for imagefolder"
+VAL_POOL_ALLOWED = (
+    f"allowed: {', '.join(VAL_POOLS)}, or a folder of <class>/ images (class folders named 0, 1, ... by class index, "
+    "or as train/'s folders for imagefolder)"
+)
+
+
+def _decoded(path: str, channels: int, image_size: int) -> torch.Tensor:
+    """The image file at ``path`` as uint8 [channels, image_size, image_size] (``channels`` 1: grey, 3: RGB); one
+    error line naming ``data.val_pool`` when it cannot be decoded."""
+    try:
+        image = decode_image(path, mode=ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY)
+    except (RuntimeError, ValueError) as err:
+        raise DaqSearchError(
+            f"data.val_pool: {path} is not a readable image ({err}); allowed: .jpg, .jpeg, .png"
+        ) from None
+    return _resize(image, image_size)
 
 
 def class_names(bundle: DataBundle) -> list[str]:
@@ -308,9 +315,7 @@ def _joined(first: ImageDataset, second: ImageDataset) -> ImageDataset:
     """``first``'s items followed by ``second``'s (both of one kind: in-memory or files)."""
     labels = torch.cat([first.labels, second.labels])
     if isinstance(first, ImageFolderDataset):
-        return ImageFolderDataset(
-            first.paths + second.paths, labels, first.num_classes, first.image_size, first.channels
-        )
+        return ImageFolderDataset(first.paths + second.paths, labels, first.num_classes, first.image_size)
     return TensorImageDataset(torch.cat([first.images, second.images]), labels, first.num_classes)
 
 

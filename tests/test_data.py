@@ -132,16 +132,21 @@ def test_a_val_pool_folder_replaces_only_the_validation_images(tmp_path):
         write_png(255 - image, str(tmp_path / str(int(label)) / f"{index:03d}.png"))  # other images than the split's
     spec = dataclasses.replace(plain, val_pool=str(tmp_path))
     bundle = load_student_data(spec, dataclasses.replace(plain, train_per_class=40))
-    assert len(bundle.val) == 20 and bundle.val.channels == 1
-    for position, path in enumerate(bundle.val.paths):
-        image, label = bundle.val[position]
-        index = int(Path(path).stem)
-        assert torch.equal(image, 255 - own.val.images[index]) and label == int(own.val.labels[index])
+    order = sorted(range(len(own.val)), key=lambda i: (str(int(own.val.labels[i])), i))  # class folder, then file
+    assert torch.equal(bundle.val.images, 255 - own.val.images[order])
+    assert torch.equal(bundle.val.labels, own.val.labels[order])
     teacher_split = load_student_data(plain, dataclasses.replace(plain, train_per_class=40))
-    assert torch.equal(bundle.train.images, own.train.images) and torch.equal(
-        bundle.test.images, teacher_split.test.images
-    )
+    assert torch.equal(bundle.train.images, own.train.images)
+    assert torch.equal(bundle.test.images, teacher_split.test.images)
     assert bundle.mean == teacher_split.mean != own.mean
+
+
+def test_a_val_pool_folder_converts_colour_photos_to_the_data_sets_grey_and_size(tmp_path):
+    write_png_file(tmp_path / "3" / "photo.png", (90, 90, 90), size=12)
+    spec = DataSpec("digits", image_size=8, val_per_class=1, val_pool=str(tmp_path))
+    bundle = load_student_data(spec, dataclasses.replace(spec, val_pool="split"))
+    assert bundle.val.labels.tolist() == [3]
+    assert torch.equal(bundle.val.images, torch.full((1, 1, 8, 8), 90, dtype=torch.uint8))
 
 
 def test_a_val_pool_folder_names_its_classes_as_the_data_set_does(tmp_path):
@@ -159,6 +164,7 @@ def test_a_val_pool_folder_names_its_classes_as_the_data_set_does(tmp_path):
         (None, r"'.*deployed' is not a folder; allowed: split, teacher_unused, or a folder of <class>/ images"),
         ({"10/a.png"}, r".*deployed/10 is not a class of 'digits'; allowed: split"),
         ({"3/notes.txt"}, r".*deployed holds no \.jpg, \.jpeg or \.png images in class folders$"),
+        ({"3/empty.png"}, r".*deployed/3/empty\.png is not a readable image \(.*\); allowed: \.jpg, \.jpeg, \.png$"),
     ],
 )
 def test_a_bad_val_pool_folder_is_one_line_naming_the_field(tmp_path, layout, message):

@@ -40,7 +40,7 @@ def score_space(
     subset = scoring_subset(bundle, job.scorer.subset, job.data.seed)
     rows = []
     with torch_threads(job.resources.cpus_per_trial):
-        teacher_bundle = bundle if job.teacher.train_per_class is None else load_data(job.teacher_data().spec())
+        teacher_bundle = load_data(job.teacher_data().spec())  # its own split and validation, not the student's
         teacher, _ = get_teacher(
             job.teacher_data(), job.teacher, teacher_bundle, plan.storage / "teachers", device=device
         )
