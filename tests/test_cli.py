@@ -277,6 +277,7 @@ def start_head(folder: Path, dashboard_port: int | None) -> tuple[subprocess.Pop
             "--num-cpus=2",
             f"--temp-dir={head_temp(port)}",
             "--disable-usage-stats",
+            f"--dashboard-agent-listen-port={free_port()}",  # not 52365: another Ray on this machine may hold it
             *dashboard,
         ],
         stdout=subprocess.PIPE,
