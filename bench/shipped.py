@@ -39,7 +39,6 @@ import torch
 from daq_search.candidates import parse_candidate
 from daq_search.checkpoints import load_state
 from daq_search.config import DataConfig, JobSpec
-from daq_search.data import VAL_POOLS
 from daq_search.kd import eval_loader, evaluate
 from daq_search.results import read_epochs, read_trials
 from daq_search.search import plan_search, run_search
@@ -97,12 +96,15 @@ def planted_validation_folder(regime) -> Path:
     return PLANTED_VALIDATION / f"{regime.name}-{regime.key()}"
 
 
-def write_planted_validation(regime) -> Path:
+def write_planted_validation(regime) -> Path | None:
     """Write a planted regime's validation images, nuisance applied (the benchmark's own validation set,
     :func:`bench.runs.student_bundle`), as ``<class>/<index>.png`` under :func:`planted_validation_folder` unless
-    it is there; returns the folder. PNG keeps the uint8 pixels exactly."""
+    it is there; returns the folder (None, writing nothing, for a regime without a nuisance). PNG keeps the uint8
+    pixels exactly."""
     from torchvision.io import write_png
 
+    if regime.planted is None:
+        return None
     folder = planted_validation_folder(regime)
     if folder.is_dir():
         return folder
@@ -120,9 +122,9 @@ def write_planted_validation(regime) -> Path:
 
 
 def _pool_label(job: JobSpec) -> str:
-    """The job's validation pool as the records name it: a named pool, or a folder's own name."""
-    pool = job.data.val_pool
-    return pool if pool in VAL_POOLS else Path(pool).name
+    """The job's validation pool as the records name it: a named pool, or a folder's own name (the same either
+    way in every checkout)."""
+    return Path(job.data.val_pool).name
 
 
 def _measured_name(regime_name: str, trunk: str) -> str:
@@ -136,8 +138,7 @@ def _measured_name(regime_name: str, trunk: str) -> str:
 def run_one_search(regime, searcher_seed: int, work: Path, log, trunk: str = DEFAULT_TRUNK) -> dict:
     """One shipped search of ``regime`` from a ``trunk`` trunk (cached: a finished run folder is read, not rerun);
     returns its record."""
-    if regime.planted is not None:
-        write_planted_validation(regime)
+    write_planted_validation(regime)
     job = shipped_job(regime, searcher_seed, trunk)
     storage = work  # its teachers/ folder is the one the ground-truth runs read
     run_dir = storage / job.name
@@ -185,7 +186,7 @@ def _check_cached_job(run_dir: Path, job: JobSpec) -> None:
     started, current = yaml.safe_load(path.read_text()), job.model_dump(mode="json")
     for fields in (started, current):  # the folder's name; paths by their last part (worktrees resolve them elsewhere)
         fields["name"], fields["search_space"] = None, Path(fields["search_space"]).name
-        fields["data"]["val_pool"] = Path(fields["data"]["val_pool"]).name
+        fields["data"]["val_pool"] = Path(fields["data"]["val_pool"]).name  # as _pool_label
     changed = [key for key in current if current[key] != started.get(key)]
     if changed:
         raise RuntimeError(f"{run_dir} holds a search of another job ({', '.join(changed)} differ); move it away")
@@ -268,8 +269,7 @@ def _run_delivered(args: tuple[str, int, list[str], str, str]) -> dict[str, dict
     name, seed, wanted, work, trunk_policy = args
     torch.set_num_threads(1)
     regime = build_regime(name)
-    if regime.planted is not None:
-        write_planted_validation(regime)
+    write_planted_validation(regime)
     job = shipped_job(regime, 0, trunk_policy)
     val = job.load_data()
     epochs = regime.recipe.epochs

@@ -257,14 +257,14 @@ def folder_validation(folder: Path, bundle: DataBundle) -> TensorImageDataset:
     an unknown class folder, an unreadable image or no images at all."""
     if not folder.is_dir():
         raise DaqSearchError(f"data.val_pool: {str(folder)!r} is not a folder; {VAL_POOL_ALLOWED}")
-    names = class_names(bundle)
+    class_index = {name: index for index, name in enumerate(class_names(bundle))}
     found = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
-    unknown = [name for name in found if name not in names]
+    unknown = [name for name in found if name not in class_index]
     if unknown:
         raise DaqSearchError(
             f"data.val_pool: {folder / unknown[0]} is not a class of {bundle.spec.name!r}; {VAL_POOL_ALLOWED}"
         )
-    labelled = [(path, names.index(name)) for name in found for path in _image_files(folder / name)]
+    labelled = [(path, class_index[name]) for name in found for path in _image_files(folder / name)]
     if not labelled:
         raise DaqSearchError(f"data.val_pool: {folder} holds no .jpg, .jpeg or .png images in class folders")
     images = torch.stack([_decoded(path, bundle.in_channels, bundle.image_size) for path, _ in labelled])

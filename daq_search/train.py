@@ -198,7 +198,8 @@ def run_final(
     final_dir = path.resolve().parent / "final"
     out_dir = final_dir if name == "final" else final_dir / name
     storage = storage or str(final_dir / "ray")
-    runs = _planned_runs(name, candidate, baseline_id, continues_trunk=_trunk_checkpoint(job, epochs) is not None)
+    trunk = _trunk_checkpoint(job, epochs)
+    runs = _planned_runs(name, candidate, baseline_id, continues_trunk=trunk is not None)
     _check_in_driver(job, runs, workers)
     check_address(address)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -209,7 +210,7 @@ def run_final(
         together = _fits_together(len(runs), workers, job.final.cpus_per_worker, use_gpu)
         fits = []
         for run_name, run_candidate in runs:
-            reuse = _reuse_state(job, run_name == name, run_candidate, epochs)
+            reuse = _reuse_state(job, run_name == name, run_candidate, epochs, trunk)
             logger.info(f"{run_name}: training {run_candidate} for {epochs} epochs on {workers} worker(s)")
             if reuse is not None:
                 logger.info(f"{run_name}: starts from the {reuse['source']}'s state in {reuse['folder']} "
@@ -332,12 +333,11 @@ def _trunk_checkpoint(job: JobSpec, epochs: int) -> str | None:
     return folder
 
 
-def _reuse_state(job: JobSpec, winner: bool, candidate: str, epochs: int) -> dict | None:
+def _reuse_state(job: JobSpec, winner: bool, candidate: str, epochs: int, trunk: str | None) -> dict | None:
     """``{"folder", "source"}`` of the state a run of ``candidate`` over ``epochs`` epochs starts from when it has
-    no checkpoint of its own: for the winner run the search trunk's (:func:`_trunk_checkpoint`), else (or
-    without one) a calibration anchor's full training of ``candidate`` (:func:`_anchor_checkpoint`); or None."""
-    trunk = _trunk_checkpoint(job, epochs) if winner else None
-    if trunk is not None:
+    no checkpoint of its own: for the winner run the search trunk's, ``trunk`` (:func:`_trunk_checkpoint`), else
+    (or without one) a calibration anchor's full training of ``candidate`` (:func:`_anchor_checkpoint`); or None."""
+    if winner and trunk is not None:
         return {"folder": trunk, "source": "search trunk"}
     anchor = _anchor_checkpoint(job, candidate, epochs)
     return None if anchor is None else {"folder": anchor, "source": "calibration anchor"}

@@ -222,8 +222,9 @@ def test_the_winner_continues_a_trunk_of_its_schedule_only(tmp_path):
     job = SimpleNamespace(branch=SimpleNamespace(checkpoint=str(tmp_path / "trunk")), calibration=None)
     assert _trunk_checkpoint(job, 10) == str(tmp_path / "trunk")
     assert _trunk_checkpoint(job, 12) is None  # a trunk of another schedule
-    assert _reuse_state(job, True, WINNER, 10) == {"folder": str(tmp_path / "trunk"), "source": "search trunk"}
-    assert _reuse_state(job, False, "none", 10) is None  # the baseline never continues the trunk
+    trunk = _trunk_checkpoint(job, 10)
+    assert _reuse_state(job, True, WINNER, 10, trunk) == {"folder": str(tmp_path / "trunk"), "source": "search trunk"}
+    assert _reuse_state(job, False, "none", 10, trunk) is None  # the baseline never continues the trunk
     assert _trunk_checkpoint(SimpleNamespace(branch=SimpleNamespace(checkpoint=str(tmp_path / "gone"))), 10) is None
     assert _trunk_checkpoint(SimpleNamespace(branch=SimpleNamespace(checkpoint=None)), 10) is None
     assert _trunk_checkpoint(SimpleNamespace(), 10) is None  # a job from before branching

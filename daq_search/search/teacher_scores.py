@@ -40,7 +40,8 @@ def score_space(
     subset = scoring_subset(bundle, job.scorer.subset, job.data.seed)
     rows = []
     with torch_threads(job.resources.cpus_per_trial):
-        teacher_bundle = load_data(job.teacher_data().spec())  # its own split and validation, not the student's
+        same_data = job.teacher.train_per_class is None and job.data.val_pool == "split"  # else its own split, val
+        teacher_bundle = bundle if same_data else load_data(job.teacher_data().spec())
         teacher, _ = get_teacher(
             job.teacher_data(), job.teacher, teacher_bundle, plan.storage / "teachers", device=device
         )
