@@ -39,16 +39,12 @@ import torch
 from daq_search.candidates import parse_candidate
 from daq_search.checkpoints import load_state
 from daq_search.config import DataConfig, JobSpec
+from daq_search.finalists import shipped_index
 from daq_search.kd import eval_loader, evaluate
 from daq_search.results import read_epochs, read_trials
 from daq_search.search import plan_search, run_search
 from daq_search.search.trial import TRIAL_STATE_FILE
-from daq_search.selection import (
-    DEFAULT_TRUNK,
-    branch_epoch,
-    branching_cost,
-    ships_baseline,
-)
+from daq_search.selection import DEFAULT_TRUNK, branch_epoch, branching_cost
 from daq_search.teacher import load_teacher
 
 from .regimes import build_regime
@@ -61,12 +57,13 @@ PLANTED_VALIDATION = Path(__file__).parent / "work" / "planted-validation"
 """Where a planted regime's validation images, nuisance applied, are written as a user's ``val_pool`` folder."""
 
 
-def shipped_job(regime, searcher_seed: int, trunk: str = DEFAULT_TRUNK) -> JobSpec:
+def shipped_job(regime, searcher_seed: int, trunk: str = DEFAULT_TRUNK, finalists: int = 1) -> JobSpec:
     """The regime as a user's job with every selection setting at the package's default but the trunk's policy
-    (``trunk``, the default's unless asked): its data (validated on :data:`VAL_POOL` when the teacher has a larger
-    split; a planted regime on its validation images with the nuisance, as a folder a user would give, written by
-    :func:`write_planted_validation`), teacher, student, quantizer, KD loss and scorer, the full recipe as the final training, and
-    ``searcher.seed``."""
+    (``trunk``, the default's unless asked) or, with ``finalists`` above 1, the finalists method instead of
+    branching (independent trials of the default trial length, then ``final.finalists``): its data (validated on
+    :data:`VAL_POOL` when the teacher has a larger split; a planted regime on its validation images with the
+    nuisance, as a folder a user would give, written by :func:`write_planted_validation`), teacher, student,
+    quantizer, KD loss and scorer, the full recipe as the final training, and ``searcher.seed``."""
     data: DataConfig = regime.data
     teacher = regime.teacher
     if regime.teacher_data is not None:
@@ -74,9 +71,11 @@ def shipped_job(regime, searcher_seed: int, trunk: str = DEFAULT_TRUNK) -> JobSp
         teacher = teacher.model_copy(update={"train_per_class": regime.teacher_data.train_per_class})
     if regime.planted is not None:
         data = data.model_copy(update={"val_pool": str(planted_validation_folder(regime))})
+    final = {"recipe": regime.recipe.model_dump(), "workers": 1}
+    selection = {"branch": {"trunk": trunk}} if finalists == 1 else {"branch": None}
     return JobSpec.model_validate(
         {
-            "name": f"{_measured_name(regime.name, trunk)}-s{searcher_seed}",
+            "name": f"{_measured_name(regime.name, trunk, finalists)}-s{searcher_seed}",
             "data": data.model_dump(),
             "teacher": teacher.model_dump(),
             "student": regime.student.model_dump(),
@@ -84,9 +83,9 @@ def shipped_job(regime, searcher_seed: int, trunk: str = DEFAULT_TRUNK) -> JobSp
             "kd": regime.kd.model_dump(),
             "scorer": regime.scorer.model_dump(),
             "search_space": str(Path("search_spaces/default.yaml").resolve()),
-            "branch": {"trunk": trunk},
+            **selection,
             "searcher": {"seed": searcher_seed, "points_to_evaluate": ["none"]},
-            "final": {"recipe": regime.recipe.model_dump(), "workers": 1},
+            "final": final if finalists == 1 else {**final, "finalists": finalists},
         }
     )
 
@@ -127,19 +126,22 @@ def _pool_label(job: JobSpec) -> str:
     return Path(job.data.val_pool).name
 
 
-def _measured_name(regime_name: str, trunk: str) -> str:
-    """The name of what is measured from a ``trunk`` trunk on a regime, which its search folders (``-s<seed>``) and
-    its records file carry: the regime's name for the default trunk, else ``<regime>--trunk-<six hex digits>``."""
+def _measured_name(regime_name: str, trunk: str, finalists: int = 1) -> str:
+    """The name of what is measured on a regime, which its search folders (``-s<seed>``) and its records file carry:
+    the regime's name for the default selection, ``<regime>--trunk-<six hex digits>`` from another trunk,
+    ``<regime>--finalists-<m>`` for the finalists method."""
+    if finalists > 1:
+        return f"{regime_name}--finalists-{finalists}"
     if trunk == DEFAULT_TRUNK:
         return regime_name
     return f"{regime_name}--trunk-{hashlib.sha1(trunk.encode()).hexdigest()[:6]}"
 
 
-def run_one_search(regime, searcher_seed: int, work: Path, log, trunk: str = DEFAULT_TRUNK) -> dict:
-    """One shipped search of ``regime`` from a ``trunk`` trunk (cached: a finished run folder is read, not rerun);
-    returns its record."""
+def run_one_search(regime, searcher_seed: int, work: Path, log, trunk: str = DEFAULT_TRUNK, finalists: int = 1) -> dict:
+    """One shipped search of ``regime`` from a ``trunk`` trunk, or of the finalists method (cached: a finished run
+    folder is read, not rerun); returns its record."""
     write_planted_validation(regime)
-    job = shipped_job(regime, searcher_seed, trunk)
+    job = shipped_job(regime, searcher_seed, trunk, finalists)
     storage = work  # its teachers/ folder is the one the ground-truth runs read
     run_dir = storage / job.name
     _check_cached_job(run_dir, job)
@@ -162,13 +164,17 @@ def run_one_search(regime, searcher_seed: int, work: Path, log, trunk: str = DEF
     return {
         "searcher_seed": searcher_seed,
         "pick": winner["candidate"],
+        "finalists": [winner["candidate"], *winner.get("finalists", [])],
         "winner_val": float(first[f"{job.objective}_last"]),
+        "trial_epochs": int(trained["epochs"].sum()),
         "distinct_trained": int(trained["candidate"].nunique()),
         "trial_seconds": float(trained["wall_s"].sum()),
         "search_wall_s": json.loads((run_dir / "bench-wall.json").read_text())["wall_s"]
         if (run_dir / "bench-wall.json").is_file()
         else None,
-        "branch_test_top1": _branch_test_accuracy(regime, job, run_dir / f"trial_{first['trial_id']}", winner),
+        "branch_test_top1": _branch_test_accuracy(regime, job, run_dir / f"trial_{first['trial_id']}", winner)
+        if job.branch is not None
+        else None,
         "trials": trials.drop(columns=["started_at", "ended_at"]).to_dict("records"),
         "epochs": epochs.to_dict("records"),
     }
@@ -261,8 +267,58 @@ def delivered_truth(
 
 def _delivered_key(regime, pick: str, seed: int, trunk: str = DEFAULT_TRUNK) -> str:
     job = shipped_job(regime, 0, trunk)
-    what = f"{job.final.baseline} alone" if pick == BASELINE else f"{job.branch.trunk}|{job.branch.at}|{pick}"
-    return f"{regime.name}|{regime.key()}|{_pool_label(job)}|{what}|{seed}"
+    if pick == BASELINE:
+        return _alone_key(regime, job.final.baseline, seed)
+    return f"{regime.name}|{regime.key()}|{_pool_label(job)}|{job.branch.trunk}|{job.branch.at}|{pick}|{seed}"
+
+
+def _alone_key(regime, candidate: str, seed: int) -> str:
+    """The cache key of ``candidate`` trained alone from scratch on ground-truth ``seed`` and read on the shipped
+    jobs' validation pool (the baseline's runs among them)."""
+    return f"{regime.name}|{regime.key()}|{_pool_label(shipped_job(regime, 0))}|{candidate} alone|{seed}"
+
+
+def alone_truth(regime, candidates: list[str], work: Path, log, jobs: int = 2) -> dict[str, list[dict[str, float]]]:
+    """Test and validation top-1 (%, ``test`` and ``val``; validation on the shipped job's pool) of each candidate
+    trained alone from scratch to the full budget, one per ground-truth seed, as the final training trains a
+    finalist of independent trials (cached with the delivered runs, the baseline's shared)."""
+    cache_file = work / "shipped-delivered.json"
+    cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    todo = [(s, [c for c in candidates if _alone_key(regime, c, s) not in cache]) for s in regime.seeds]
+    todo = [(regime.name, seed, [c], str(work)) for seed, missing in todo for c in missing]
+    if todo:
+        log(f"alone truth: {len(todo)} trainings")
+        with multiprocessing.get_context("spawn").Pool(jobs) as pool:
+            for results in pool.imap_unordered(_run_alone, todo):
+                cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+                cache.update(results)
+                cache_file.write_text(json.dumps(cache))
+                log(f"alone truth: {json.dumps(results)}")
+    return {c: [cache[_alone_key(regime, c, s)] for s in regime.seeds] for c in candidates}
+
+
+def _run_alone(args: tuple[str, int, list[str], str]) -> dict[str, dict[str, float]]:
+    name, seed, candidates, work = args
+    torch.set_num_threads(1)
+    regime = build_regime(name)
+    write_planted_validation(regime)
+    val = shipped_job(regime, 0).load_data()
+    results = {}
+    for candidate in candidates:
+        training = student_training(
+            Job("student", regime, candidate, seed), Path(work), "cpu", regime.recipe.epochs, read=False
+        )
+        for epoch in range(1, regime.recipe.epochs + 1):
+            training.train_epoch(epoch)
+        results[_alone_key(regime, candidate, seed)] = _reading(regime, val, training.student)
+    return results
+
+
+def _reading(regime, val, student) -> dict[str, float]:
+    """Test top-1 on the regime's test set and validation top-1 on the job's pool ``val`` (a DataBundle), in %."""
+    test, _ = evaluate(student, eval_loader(test_set(regime), student_bundle(regime)))
+    validation, _ = evaluate(student, eval_loader(val.val, val))
+    return {"test": 100 * test, "val": 100 * validation}
 
 
 def _run_delivered(args: tuple[str, int, list[str], str, str]) -> dict[str, dict[str, float]]:
@@ -277,17 +333,12 @@ def _run_delivered(args: tuple[str, int, list[str], str, str]) -> dict[str, dict
     def training(candidate: str):
         return student_training(Job("student", regime, candidate, seed), Path(work), "cpu", epochs, read=False)
 
-    def reading(student) -> dict[str, float]:
-        test, _ = evaluate(student, eval_loader(test_set(regime), student_bundle(regime)))
-        validation, _ = evaluate(student, eval_loader(val.val, val))
-        return {"test": 100 * test, "val": 100 * validation}
-
     results = {}
     if BASELINE in wanted:
         baseline = training(job.final.baseline)
         for epoch in range(1, epochs + 1):
             baseline.train_epoch(epoch)
-        results[_delivered_key(regime, BASELINE, seed, trunk_policy)] = reading(baseline.student)
+        results[_delivered_key(regime, BASELINE, seed, trunk_policy)] = _reading(regime, val, baseline.student)
     picks = [p for p in wanted if p != BASELINE]
     if not picks:
         return results
@@ -301,7 +352,7 @@ def _run_delivered(args: tuple[str, int, list[str], str, str]) -> dict[str, dict
         branch.load_state_dict(copy.deepcopy(state))  # the optimiser keeps the tensors it is given
         for epoch in range(trunk_end + 1, epochs + 1):
             branch.train_epoch(epoch)
-        results[_delivered_key(regime, pick, seed, trunk_policy)] = reading(branch.student)
+        results[_delivered_key(regime, pick, seed, trunk_policy)] = _reading(regime, val, branch.student)
     return results
 
 
@@ -377,6 +428,66 @@ def summarise(
     }
 
 
+def summarise_finalists(
+    regime,
+    searches: list[dict],
+    alone: dict[str, list[dict[str, float]]],
+    ladder_means: dict[str, float],
+    finalists: int,
+    elsewhere: tuple[dict[str, list[float]], list[float]] = ({}, []),
+) -> dict:
+    """``shipped_search_finalists`` of the finalists method's searches: the rule, searcher seeds, each search's
+    finalists (winner first) and pick; per search the winner trained alone and what the final training ships (per
+    ground-truth seed the finalist or baseline run with the highest validation reading,
+    :func:`daq_search.finalists.shipped_index`), each with its regret (pp) against the best of every candidate alone
+    (the ladder's means, these runs and ``elsewhere[0]``), and every recorded search's delivered and shipped means
+    (``elsewhere[1]``); and cost: the screen's trial epochs plus the finalists' full trainings beyond the one final
+    training (the baseline is trained anyway), as a share of a sweep of the ladder."""
+    alone_elsewhere, finished_elsewhere = elsewhere
+    job = shipped_job(regime, 0, finalists=finalists)
+    baseline = job.final.baseline
+    alone_means = {c: _mean_test(runs) for c, runs in alone.items()}
+    means = {**ladder_means, **{c: float(np.mean(v)) for c, v in alone_elsewhere.items()}, **alone_means}
+    shipped = []
+    for search in searches:
+        runs = [alone[c] for c in search["finalists"]] + [alone[baseline]]
+        names = [*search["finalists"], BASELINE]
+        per_seed = []
+        for seed_runs in zip(*runs, strict=True):
+            index = shipped_index([run["val"] / 100 for run in seed_runs])
+            per_seed.append({**seed_runs[index], "run": names[index]})
+        shipped.append(per_seed)
+    shipped_means = [_mean_test(runs) for runs in shipped]
+    best = max([*means.values(), *shipped_means, *finished_elsewhere])
+    epochs, ladder = job.final.recipe.epochs, len(regime.candidates)
+    costs = [(s["trial_epochs"] + (len(s["finalists"]) - 1) * epochs) / (ladder * epochs) for s in searches]
+    return {
+        "rule": f"finalists: {job.searcher.num_samples} independent trials of {job.trial.epochs} epochs "
+        f"({job.trial.epochs / epochs:.0%}), {job.objective} at their end on {_pool_label(job)} validation; the "
+        f"winner and the best of each other strength tier ({finalists} finalists) trained alone to the end beside "
+        f"the {baseline} baseline; the best on validation ships",
+        "finalists": finalists,
+        "num_samples": job.searcher.num_samples,
+        "trial_epochs": job.trial.epochs,
+        "searcher_seeds": [s["searcher_seed"] for s in searches],
+        "picks": [s["pick"] for s in searches],
+        "finalist_candidates": [s["finalists"] for s in searches],
+        "pick_true_pct": [means[s["pick"]] for s in searches],
+        "regret_pp": [best - means[s["pick"]] for s in searches],
+        "shipped_pct": shipped_means,
+        "shipped_regret_pp": [best - mean for mean in shipped_means],
+        "shipped_runs": [[run["run"] for run in runs] for runs in shipped],
+        "baseline_shipped": [sum(run["run"] == BASELINE for run in runs) for runs in shipped],
+        "best_pct": best,
+        "cost": costs,
+        "cost_rule": "trial epochs the screen trained plus a full training per finalist beyond the one final "
+        f"training, as a share of a sweep of the {ladder} ladder candidates at {epochs} epochs; the baseline is "
+        "trained anyway; repeats replay, reads not counted",
+        "trial_seconds": [s["trial_seconds"] for s in searches],
+        "ground_truth_seeds": list(regime.seeds),
+    }
+
+
 def _mean_test(runs: list[dict]) -> float:
     """The mean test top-1 (%) of ``runs``, one per ground-truth seed."""
     return float(np.mean([run["test"] for run in runs]))
@@ -388,7 +499,7 @@ def _shipped_runs(pick_runs: list[dict], baseline_runs: list[dict], winner_val: 
     near copy of that branch; else the pick's. The baseline trains even when the pick is its candidate, as the
     pick continues the trunk."""
     return [
-        {**base, "run": BASELINE} if ships_baseline(winner_val, base["val"] / 100) else {**pick, "run": "pick"}
+        {**base, "run": BASELINE} if shipped_index([winner_val, base["val"] / 100]) else {**pick, "run": "pick"}
         for pick, base in zip(pick_runs, baseline_runs, strict=True)
     ]
 
@@ -401,6 +512,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default="bench/work/full")
     parser.add_argument("--out", default="bench/results")
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument(
+        "--finalists",
+        type=int,
+        default=1,
+        help="above 1: measure the finalists method with that many finalists (recorded under "
+        "shipped_search_finalists) instead of late-phase branching",
+    )
     parser.add_argument(
         "--trunk",
         default=DEFAULT_TRUNK,
@@ -416,7 +534,10 @@ def main(argv: list[str] | None = None) -> int:
 
     entry = _regime_entry(out, regime.name)
     ladder_means = dict(zip(entry["candidates"], entry["mean_pct"], strict=True))
-    searches = [run_one_search(regime, int(s), work, log, args.trunk) for s in args.searcher_seeds.split(",")]
+    seeds = [int(s) for s in args.searcher_seeds.split(",")]
+    if args.finalists > 1:
+        return _measure_finalists(regime, seeds, work, out, log, args.finalists, args.jobs, ladder_means)
+    searches = [run_one_search(regime, seed, work, log, args.trunk) for seed in seeds]
     picks = sorted({s["pick"] for s in searches} - set(ladder_means))
     truth = ground_truth(regime, picks, work, log, args.jobs)
     delivered = delivered_truth(regime, sorted({s["pick"] for s in searches}), work, log, args.jobs, args.trunk)
@@ -436,6 +557,28 @@ def main(argv: list[str] | None = None) -> int:
     with gzip.open(records, "wt") as handle:
         record = {"regime_key": regime.key(), "ground_truth_seeds": list(regime.seeds), "searches": searches}
         json.dump({**record, "ground_truth_pct": truth, "delivered_pct": delivered}, handle, default=_plain)
+    log(f"{name}: {json.dumps(summary)[:400]}")
+    return 0
+
+
+def _measure_finalists(regime, seeds, work, out, log, finalists: int, jobs: int, ladder_means) -> int:
+    """The finalists method on ``regime``: its searches, its finalists and baseline trained alone, the summary in
+    ``results.json`` (``shipped_search_finalists``) and ``shipped.md``, the records beside the others'."""
+    searches = [run_one_search(regime, seed, work, log, finalists=finalists) for seed in seeds]
+    baseline = shipped_job(regime, 0, finalists=finalists).final.baseline
+    alone = alone_truth(regime, sorted({c for s in searches for c in s["finalists"]} | {baseline}), work, log, jobs)
+    name = _measured_name(regime.name, DEFAULT_TRUNK, finalists)
+    summary = summarise_finalists(
+        regime, searches, alone, ladder_means, finalists, _recorded_elsewhere(out / "shipped", regime, name)
+    )
+    results = json.loads((out / "results.json").read_text())  # read again: other benches write it meanwhile
+    entry = next(r for r in results["regimes"] if r["regime"] == regime.name)
+    entry["shipped_search_finalists"] = summary
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / "shipped.md").write_text("\n".join(shipped_lines(results["regimes"])))
+    record = {"regime_key": regime.key(), "ground_truth_seeds": list(regime.seeds), "searches": searches}
+    with gzip.open(out / "shipped" / f"{name}.json.gz", "wt") as handle:
+        json.dump({**record, "alone_pct": alone}, handle, default=_plain)
     log(f"{name}: {json.dumps(summary)[:400]}")
     return 0
 
@@ -497,19 +640,22 @@ def _shipped_table(records: list[tuple[str, dict]]) -> list[str]:
 
 
 def _recorded_elsewhere(folder: Path, regime, own: str) -> tuple[dict[str, list[float]], list[float]]:
-    """From the records in ``folder`` of ``regime``'s searches other than ``own`` (other trunks'), written for its
-    current config and ground-truth seeds: each pick's test top-1 alone (% per ground-truth seed), and the mean (%)
-    of each delivered pick and of what each search shipped, so that every search of a regime is judged against the
-    same best."""
+    """From the records in ``folder`` of ``regime``'s searches other than ``own`` (other trunks' and the finalists
+    method's), written for its current config and ground-truth seeds: each candidate's test top-1 alone (% per
+    ground-truth seed), and the mean (%) of each delivered pick and of what each branching search shipped, so that
+    every search of a regime is judged against the same best."""
     alone: dict[str, list[float]] = {}
     finished: list[float] = []
     for path in sorted(folder.glob(f"{regime.name}*.json.gz")):
         name = path.name.removesuffix(".json.gz")
-        if name == own or not (name == regime.name or name.startswith(f"{regime.name}--trunk-")):
+        if name == own or not (name == regime.name or name.startswith(f"{regime.name}--")):
             continue
         with gzip.open(path, "rt") as handle:
             record = json.load(handle)
         if (record.get("regime_key"), record.get("ground_truth_seeds")) != (regime.key(), list(regime.seeds)):
+            continue
+        if "alone_pct" in record:  # the finalists method's: every finalist trained alone
+            alone.update({c: [run["test"] for run in runs] for c, runs in record["alone_pct"].items()})
             continue
         alone.update(record["ground_truth_pct"])
         delivered = record["delivered_pct"]

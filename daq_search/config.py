@@ -33,6 +33,7 @@ from .quant import QUANT_METHODS
 from .selection import (
     DEFAULT_BRANCH_AT,
     DEFAULT_EARLY_STOPPING,
+    DEFAULT_FINALISTS,
     DEFAULT_NUM_SAMPLES,
     DEFAULT_OBJECTIVE,
     DEFAULT_TRUNK,
@@ -228,6 +229,9 @@ class FinalConfig(_Strict):
     cpus_per_worker: float = Field(1.0, gt=0)
     use_gpu: bool = False
     baseline: CandidateId | None = "none"
+    finalists: StrictInt = Field(DEFAULT_FINALISTS, ge=1)
+    """How many of the search's candidates the final training trains to the end: the winner and the best of each
+    other strength tier (:mod:`daq_search.finalists`); the best on validation ships, the baseline included."""
 
 
 class CalibrateRulesConfig(_Strict):
@@ -315,6 +319,7 @@ class JobSpec(_Strict):
     storage: str = "runs"
     final: FinalConfig = FinalConfig()
     candidate: CandidateId | None = None
+    finalists: list[CandidateId] = []
     calibrate: CalibrateConfig | None = None
     calibration: CalibrationRecord | None = None
     branch: BranchConfig | None = None
@@ -360,6 +365,15 @@ class JobSpec(_Strict):
             )
         if self.calibrate is not None:
             raise ValueError("branch: a calibrated search runs independent trials; allowed: branch: null")
+        return self
+
+    @model_validator(mode="after")
+    def _finalists_fit_the_search(self) -> JobSpec:
+        if self.final.finalists > self.searcher.num_samples:
+            raise ValueError(
+                f"final.finalists: {self.final.finalists} is more than the search's searcher.num_samples "
+                f"({self.searcher.num_samples}); allowed: 1 to {self.searcher.num_samples}"
+            )
         return self
 
     @model_validator(mode="after")

@@ -15,14 +15,14 @@ training (Tian et al., NeurIPS 2020), so a branch through the decay sees the end
 and ``branch: null`` runs independent short trials instead (:func:`default_trial_epochs`).
 
 The final training trains the winner and the baseline (``none`` unless the job says otherwise) to the end, and
-ships the one with the higher validation accuracy at its last epoch (:func:`ships_baseline`): where no augmentation
+ships the one with the higher validation accuracy at its last epoch (:func:`daq_search.finalists.shipped_index`,
+with any other finalists of ``final.finalists``): where no augmentation
 is best, the trunk's policy can hold the branches below ``none`` trained alone (the benchmark's animals regime), and
 the baseline, trained anyway to report the gain, is then the better model at no extra cost.
 """
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -40,6 +40,9 @@ sweep beyond the final training, which continues the trunk."""
 DEFAULT_TRIAL_FRACTION = 0.1
 """Without branching: a trial's epochs as a fraction of the final training's, unless the job gives a ``trial``
 recipe."""
+DEFAULT_FINALISTS = 1
+"""Candidates the final training trains to the end unless the job says otherwise: the winner alone (beside the
+baseline); more are hedged across strength (:mod:`daq_search.finalists`)."""
 DEFAULT_EARLY_STOPPING = False
 """Whether ASHA stops trials early unless the job's ``scheduler`` says otherwise."""
 EVIDENCE = "docs/benchmark.md, section 'The shipped search'; shipped_search in bench/results/results.json"
@@ -68,10 +71,11 @@ def branching_cost(final_epochs: int, at: float, branches: int) -> float:
 
 def is_default_rule(job: JobSpec) -> bool:
     """Whether ``job`` selects with the default rule: the default objective, branching from the default trunk at the
-    default point, and no early stopping."""
+    default point, no early stopping, and the default number of finalists."""
     return (
         job.objective == DEFAULT_OBJECTIVE
         and job.scheduler.enabled == DEFAULT_EARLY_STOPPING
+        and job.final.finalists == DEFAULT_FINALISTS
         and job.branch is not None
         and (job.branch.trunk, job.branch.at) == (DEFAULT_TRUNK, DEFAULT_BRANCH_AT)
     )
@@ -94,19 +98,14 @@ def describe_rule(job: JobSpec) -> str:
             else "no early stopping"
         )
         rule = f"{job.objective} ({job.mode}) after each trial's own {job.trial.epochs}-epoch schedule ({share}), {stopping}"
+    if job.final.finalists > 1:
+        rule += (
+            f"; the final training trains the winner and the best of each other strength tier "
+            f"({job.final.finalists} finalists) to the end and ships the best on validation"
+        )
     if job.calibrate is not None:
         return f"selection rule: chosen by the calibration below among the job's rules (the job's own: {rule})"
     if is_default_rule(job):
         return f"selection rule: {rule}; the default ({EVIDENCE})"
     default = f"{DEFAULT_OBJECTIVE} at the end of branches from a {DEFAULT_TRUNK} trunk at {DEFAULT_BRANCH_AT:.0%}"
     return f"selection rule: {rule}; set by the job (the default is {default})"
-
-
-def ships_baseline(winner_val_acc: float | None, baseline_val_acc: float | None) -> bool:
-    """Whether the final training ships the baseline's model instead of the winner's: only when the baseline's
-    validation accuracy (fraction) at its last epoch is strictly higher; a tie, or a missing or NaN reading, keeps
-    the search's winner."""
-    readings = (winner_val_acc, baseline_val_acc)
-    if any(value is None or not math.isfinite(value) for value in readings):
-        return False
-    return baseline_val_acc > winner_val_acc

@@ -11,10 +11,13 @@ Outputs, all under ``RUN_DIR/final/`` (``RUN_DIR/final/<name>/`` for a ``name`` 
 - ``metrics.json``: test top-1 (fraction in [0, 1]) and cross-entropy (nats) of the fake-quantized student and of
   the full-precision teacher, the candidate, bits, epochs, workers, wall seconds, and under ``baseline`` the same
   student trained with the baseline augmentation plus ``difference_pp`` = (winner - baseline) test top-1 in
-  percentage points; ``shipped_run``, ``shipped_candidate`` and ``shipped_test_acc`` name the run whose model
-  ``student_int.pt`` holds and its test top-1 (the baseline's only when its last validation accuracy is higher:
-  :func:`daq_search.selection.ships_baseline`); ``artifact_sha256`` is the SHA-256 of that ``student_int.pt``.
-- ``epochs.parquet``: one row per epoch and run (``run`` is ``<name>`` or ``<name>-baseline``): mean train loss
+  percentage points; under ``finalists`` the same for each other finalist the search named (``finalists`` in the
+  winner file, ``final.finalists`` above 1); ``shipped_run``, ``shipped_candidate`` and ``shipped_test_acc`` name
+  the run whose model ``student_int.pt`` holds and its test top-1: the run with the highest validation accuracy at
+  its last epoch, a tie going to the winner, then the finalists in order, then the baseline
+  (:func:`daq_search.finalists.shipped_index`); ``artifact_sha256`` is the SHA-256 of that ``student_int.pt``.
+- ``epochs.parquet``: one row per epoch and run (``run`` is ``<name>``, ``<name>-finalist-<i>`` or
+  ``<name>-baseline``): mean train loss
   per image over all workers, val top-1 and loss (on the epochs :func:`next_validation` picks and the last; NaN on
   the others), aggregate images/s, and the learning rate at the epoch's start.
 - ``ray.log``: Ray's and the workers' log lines and one line per epoch; the terminal gets a progress line with an
@@ -61,6 +64,7 @@ from .config import JobSpec, load_job
 from .data import DataBundle
 from .errors import DaqSearchError
 from .files import RUN_NAME_ALLOWED, atomic_write, atomic_write_text, check_run_name
+from .finalists import shipped_index
 from .kd import (
     binomial_se,
     check_precision,
@@ -78,7 +82,6 @@ from .logs import show_progress
 from .models import create_model
 from .quant import export_int_state, load_int_state, quantize
 from .runtime import check_address, ray_session
-from .selection import ships_baseline
 from .student import build_student
 from .teacher import load_teacher
 from .transforms import build_batch_mix
@@ -199,7 +202,7 @@ def run_final(
     out_dir = final_dir if name == "final" else final_dir / name
     storage = storage or str(final_dir / "ray")
     trunk = _trunk_checkpoint(job, epochs)
-    runs = _planned_runs(name, candidate, baseline_id, continues_trunk=trunk is not None)
+    runs = _planned_runs(name, candidate, baseline_id, continues_trunk=trunk is not None, finalists=job.finalists)
     _check_in_driver(job, runs, workers)
     check_address(address)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -210,7 +213,7 @@ def run_final(
         together = _fits_together(len(runs), workers, job.final.cpus_per_worker, use_gpu)
         fits = []
         for run_name, run_candidate in runs:
-            reuse = _reuse_state(job, run_name == name, run_candidate, epochs, trunk)
+            reuse = _reuse_state(job, run_name != baseline_run(name), run_candidate, epochs, trunk)
             logger.info(f"{run_name}: training {run_candidate} for {epochs} epochs on {workers} worker(s)")
             if reuse is not None:
                 logger.info(f"{run_name}: starts from the {reuse['source']}'s state in {reuse['folder']} "
@@ -222,7 +225,7 @@ def run_final(
     outcomes = {run_name: outcome for (run_name, _), (outcome, _) in zip(runs, results, strict=True)}
     artifacts = {run_name: artifact for (run_name, _), (_, artifact) in zip(runs, results, strict=True)}
 
-    metrics = _summarise(job, name, candidate, baseline_id, outcomes, workers, use_gpu, storage, together)
+    metrics = _summarise(job, name, candidate, baseline_id, runs, outcomes, workers, use_gpu, storage, together)
     artifact = artifacts[metrics["shipped_run"]]
     metrics["wall_s"] = time.perf_counter() - start
     rows = [dict(row, run=run_name) for run_name, outcome in outcomes.items() for row in outcome["history"]]
@@ -295,18 +298,31 @@ def routed_worker_logs(path: Path, shutdown: bool = False) -> Iterator[None]:
                 dispatcher.add_handler(name, printer)
 
 
+def baseline_run(name: str) -> str:
+    """The Ray run name of the baseline of the final training ``name``."""
+    return f"{name}-baseline"
+
+
+def finalist_run(name: str, index: int) -> str:
+    """The Ray run name of the ``index``-th other finalist (from 1) of the final training ``name``."""
+    return f"{name}-finalist-{index}"
+
+
 def _planned_runs(
-    name: str, candidate: str, baseline_id: str | None, *, continues_trunk: bool
+    name: str, candidate: str, baseline_id: str | None, *, continues_trunk: bool, finalists: list[str] = ()
 ) -> list[tuple[str, str]]:
-    """``(Ray run name, candidate id)`` of the winner run and, unless absent or the same training as the winner's,
-    the baseline. A winner that ``continues_trunk`` (a branching search's) differs from its own candidate trained
-    from scratch, so a baseline of that candidate still runs."""
+    """``(Ray run name, candidate id)`` of the winner run, of each other finalist that is neither the winner nor
+    (unless it continues a trunk) the baseline, and of the baseline unless absent or the same training as the
+    winner's. A run that ``continues_trunk`` (a branching search's winner and finalists) differs from its own
+    candidate trained from scratch, so a baseline of that candidate still runs."""
     same_training = baseline_id == candidate and not continues_trunk
     if same_training:
         logger.info(f"baseline {baseline_id} is the winner itself: no baseline run")
+    others = [c for c in dict.fromkeys(finalists) if c != candidate and (continues_trunk or c != baseline_id)]
+    runs = [(name, candidate), *((finalist_run(name, i), c) for i, c in enumerate(others, 1))]
     if baseline_id is None or same_training:
-        return [(name, candidate)]
-    return [(name, candidate), (f"{name}-baseline", baseline_id)]
+        return runs
+    return [*runs, (baseline_run(name), baseline_id)]
 
 
 def _anchor_checkpoint(job: JobSpec, candidate: str, epochs: int) -> str | None:
@@ -333,11 +349,12 @@ def _trunk_checkpoint(job: JobSpec, epochs: int) -> str | None:
     return folder
 
 
-def _reuse_state(job: JobSpec, winner: bool, candidate: str, epochs: int, trunk: str | None) -> dict | None:
+def _reuse_state(job: JobSpec, finalist: bool, candidate: str, epochs: int, trunk: str | None) -> dict | None:
     """``{"folder", "source"}`` of the state a run of ``candidate`` over ``epochs`` epochs starts from when it has
-    no checkpoint of its own: for the winner run the search trunk's, ``trunk`` (:func:`_trunk_checkpoint`), else
-    (or without one) a calibration anchor's full training of ``candidate`` (:func:`_anchor_checkpoint`); or None."""
-    if winner and trunk is not None:
+    no checkpoint of its own: for a ``finalist`` run (the winner's or another finalist's) the search trunk's,
+    ``trunk`` (:func:`_trunk_checkpoint`), else (or without one) a calibration anchor's full training of
+    ``candidate`` (:func:`_anchor_checkpoint`); or None."""
+    if finalist and trunk is not None:
         return {"folder": trunk, "source": "search trunk"}
     anchor = _anchor_checkpoint(job, candidate, epochs)
     return None if anchor is None else {"folder": anchor, "source": "calibration anchor"}
@@ -448,14 +465,16 @@ def _summarise(
     name: str,
     candidate: str,
     baseline_id: str | None,
+    runs: list[tuple[str, str]],
     outcomes: dict,
     workers: int,
     use_gpu: bool,
     storage: str,
     together: bool,
 ) -> dict:
-    """The metrics.json dict of the winner run and, when run, its baseline (``together``: the two trained at the
-    same time)."""
+    """The metrics.json dict of the winner run, the other finalists' ``runs`` and, when run, the baseline
+    (``together``: all trained at the same time), and which run ships (:func:`daq_search.finalists.shipped_index`
+    of their validation accuracies, in that order)."""
     winner = outcomes[name]
     metrics = {
         "name": name,
@@ -494,30 +513,48 @@ def _summarise(
         "shipped_candidate": candidate,
         "shipped_test_acc": winner["test_acc"],
     }
-    if baseline_id is not None and f"{name}-baseline" not in outcomes:
+    metrics["finalists"] = [
+        _run_metrics(outcomes[run], run, run_candidate)
+        for run, run_candidate in runs
+        if run.startswith(f"{name}-finalist-")
+    ]
+    baseline = baseline_run(name)
+    if baseline_id is not None and baseline not in outcomes:
         metrics["baseline"] = {"candidate": baseline_id, "skipped": "same as the winner"}
     elif baseline_id is not None:
-        other = outcomes[f"{name}-baseline"]
-        metrics["baseline"] = {
-            "candidate": baseline_id,
-            "student_test_acc": other["test_acc"],
-            "student_test_loss": other["test_loss"],
-            "val_acc": other["history"][-1]["val_acc"] if other["history"] else None,
-            "epochs": other["epochs_done"],
-            "resumed_from_epoch": other["resumed_from_epoch"],
-            "continued_from": other["continued_from"],
-            "restarts": other["restarts"],
-            "restored_from_epochs": other["restored_from_epochs"],
-            "train_wall_s": other["wall_s"],
-        }
+        other = outcomes[baseline]
+        metrics["baseline"] = _run_metrics(other, baseline, baseline_id)
         metrics["difference_pp"] = 100.0 * (winner["test_acc"] - other["test_acc"])
         metrics["difference_se_pp"] = 100.0 * difference_se(
             winner["test_acc"], other["test_acc"], winner["test_images"]
         )
-        if ships_baseline(metrics["val_acc"], metrics["baseline"]["val_acc"]):
-            metrics["shipped_run"], metrics["shipped_candidate"] = f"{name}-baseline", baseline_id
-            metrics["shipped_test_acc"] = other["test_acc"]
+    contenders = [
+        {"run": name, "candidate": candidate, "val_acc": metrics["val_acc"], "student_test_acc": winner["test_acc"]},
+        *metrics["finalists"],
+        *([metrics["baseline"]] if metrics["baseline"] is not None and "skipped" not in metrics["baseline"] else []),
+    ]
+    shipped = contenders[shipped_index([run["val_acc"] for run in contenders])]
+    metrics["shipped_run"], metrics["shipped_candidate"] = shipped["run"], shipped["candidate"]
+    metrics["shipped_test_acc"] = shipped["student_test_acc"]
     return metrics
+
+
+def _run_metrics(outcome: dict, run: str, candidate: str) -> dict:
+    """The metrics.json entry of a finalist's or the baseline's run: its candidate, test top-1 and loss, validation
+    accuracy at its last epoch, epochs, resume and restart record, and wall seconds."""
+    return {
+        "run": run,
+        "candidate": candidate,
+        "student_test_acc": outcome["test_acc"],
+        "student_test_loss": outcome["test_loss"],
+        "val_acc": outcome["history"][-1]["val_acc"] if outcome["history"] else None,
+        "epochs": outcome["epochs_done"],
+        "resumed_from_epoch": outcome["resumed_from_epoch"],
+        "continued_from": outcome["continued_from"],
+        "restarts": outcome["restarts"],
+        "restored_from_epochs": outcome["restored_from_epochs"],
+        "train_wall_s": outcome["wall_s"],
+    }
 
 
 def difference_se(first: float, second: float, n: int) -> float:
@@ -527,7 +564,8 @@ def difference_se(first: float, second: float, n: int) -> float:
 
 
 def _summary_lines(metrics: dict) -> list[str]:
-    """The printed summary: student and teacher test accuracy, and the baseline comparison."""
+    """The printed summary: student and teacher test accuracy, the other finalists', the baseline comparison, and
+    which model ships."""
     q = metrics["quant"]
     lines = [
         f"{metrics['name']}: {metrics['model']} W{q['wbits']}A{q['abits']} ({q['method']}) "
@@ -535,17 +573,25 @@ def _summary_lines(metrics: dict) -> list[str]:
         f"{metrics['epochs']} epochs: test acc {100 * metrics['student_test_acc']:.2f} % "
         f"(loss {metrics['student_test_loss']:.4f}); FP teacher {100 * metrics['teacher_test_acc']:.2f} %"
     ]
+    for finalist in metrics["finalists"]:
+        lines.append(f"finalist {finalist['candidate']}: test acc {100 * finalist['student_test_acc']:.2f} %")
     baseline = metrics["baseline"]
-    if baseline is not None and "skipped" not in baseline:
+    ran_baseline = baseline is not None and "skipped" not in baseline
+    if ran_baseline:
         lines.append(
             f"baseline {baseline['candidate']}: test acc {100 * baseline['student_test_acc']:.2f} %; "
             f"winner - baseline = {metrics['difference_pp']:+.2f} pp (standard error {metrics['difference_se_pp']:.2f} pp)"
         )
-        whose = "winner's" if metrics["shipped_run"] == metrics["name"] else f"baseline's ({baseline['candidate']})"
-        lines.append(
-            f"{ARTIFACT_FILE}: the {whose} model (validation accuracy at the last epoch: winner "
-            f"{_percent(metrics['val_acc'])}, baseline {_percent(baseline['val_acc'])})"
+    if ran_baseline or metrics["finalists"]:
+        others = [*(("finalist", f) for f in metrics["finalists"]), *([("baseline", baseline)] if ran_baseline else [])]
+        readings = ", ".join(
+            [f"winner {_percent(metrics['val_acc'])}", *(f"{role} {_percent(run['val_acc'])}" for role, run in others)]
         )
+        whose = next(
+            (f"{role}'s ({run['candidate']})" for role, run in others if run["run"] == metrics["shipped_run"]),
+            "winner's",
+        )
+        lines.append(f"{ARTIFACT_FILE}: the {whose} model (validation accuracy at the last epoch: {readings})")
     return lines
 
 

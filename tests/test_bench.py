@@ -552,6 +552,49 @@ def test_every_search_of_a_regime_is_judged_against_the_best_any_of_its_records_
     assert summary["delivered_regret_pp"] == [26.5] and summary["shipped_regret_pp"] == [26.5]  # 86.5 - 60
 
 
+def test_finalists_summary_ships_the_best_validation_per_seed_with_regret_and_cost_from_hand_values(tmp_path):
+    import gzip
+
+    from bench.shipped import (
+        BASELINE,
+        _alone_key,
+        _delivered_key,
+        _recorded_elsewhere,
+        shipped_job,
+        summarise_finalists,
+    )
+
+    regime = build_regime("scenes32-10pc-ladder-320ep")
+    job = shipped_job(regime, 0, finalists=2)
+    assert job.branch is None and job.trial.epochs == 32 and job.final.finalists == 2
+    assert _alone_key(regime, "none", 1) == _delivered_key(regime, BASELINE, 1)  # the baseline's runs are shared
+    run = {"trial_seconds": 1.0}
+    searches = [
+        {**run, "searcher_seed": 0, "pick": "x", "finalists": ["x", "y"], "trial_epochs": 8 * 32},
+        {**run, "searcher_seed": 1, "pick": "y", "finalists": ["y", "z"], "trial_epochs": 6 * 32},
+    ]
+    alone = {  # per ground-truth seed, each trained alone from scratch, read on the job's validation pool
+        "x": [{"test": 70.0, "val": 60.0}, {"test": 72.0, "val": 70.0}],
+        "y": [{"test": 66.0, "val": 65.0}, {"test": 68.0, "val": 65.0}],
+        "z": [{"test": 50.0, "val": 90.0}, {"test": 52.0, "val": 10.0}],
+        "none": [{"test": 60.0, "val": 62.0}, {"test": 58.0, "val": 70.0}],
+    }
+    summary = summarise_finalists(regime, searches, alone, {"none": 59.0, "b": 71.5}, 2)
+    # seed 0 of search 0: y reads 65 > none 62 > x 60; seed 1: x and none tie at 70, the earlier (x) ships
+    # search 1: z reads 90 on seed 0, none 70 on seed 1
+    assert summary["shipped_runs"] == [["y", "x"], ["z", BASELINE]] and summary["baseline_shipped"] == [0, 1]
+    assert summary["shipped_pct"] == [69.0, 54.0] and summary["best_pct"] == 71.5  # b, from the ladder
+    assert summary["pick_true_pct"] == [71.0, 67.0] and summary["regret_pp"] == [0.5, 4.5]
+    assert summary["shipped_regret_pp"] == [2.5, 17.5]
+    # the screen's trial epochs plus one more full training, over a sweep of the 8 ladder candidates
+    assert summary["cost"] == [(256 + 320) / (8 * 320), (192 + 320) / (8 * 320)]
+    with gzip.open(tmp_path / f"{regime.name}--finalists-2.json.gz", "wt") as handle:
+        identity = {"regime_key": regime.key(), "ground_truth_seeds": list(regime.seeds)}
+        json.dump({**identity, "searches": searches, "alone_pct": alone}, handle)
+    elsewhere, finished = _recorded_elsewhere(tmp_path, regime, regime.name)  # a branching summary sees them
+    assert elsewhere["x"] == [70.0, 72.0] and set(elsewhere) == set(alone) and finished == []
+
+
 @pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities of TorchVision")
 def test_a_planted_regimes_shipped_job_validates_on_its_nuisance_images_as_a_folder(tmp_path, monkeypatch):
     import bench.shipped

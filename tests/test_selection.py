@@ -18,7 +18,6 @@ from daq_search.selection import (
     default_trial_epochs,
     describe_rule,
     is_default_rule,
-    ships_baseline,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,6 +81,10 @@ def test_describe_rule_says_what_ranks_the_trials_and_where_the_rule_comes_from(
     line = describe_rule(custom)
     assert "score_ce (min) after each trial's own 32-epoch schedule" in line
     assert "ASHA early stopping (grace 1, reduction 2)" in line and "set by the job (the default is val_acc" in line
+    hedged = JobSpec.model_validate({"name": "j", "final": {"recipe": {"epochs": 320}, "finalists": 2}})
+    assert not is_default_rule(hedged)
+    assert "the winner and the best of each other strength tier (2 finalists) to the end" in describe_rule(hedged)
+    assert "set by the job" in describe_rule(hedged)
 
 
 def test_the_committed_shipped_search_ran_the_package_defaults():
@@ -92,11 +95,3 @@ def test_the_committed_shipped_search_ran_the_package_defaults():
         assert (record["trunk"], record["branch_at"]) == (DEFAULT_TRUNK, DEFAULT_BRANCH_AT)
         assert (record["objective"], record["num_samples"]) == (DEFAULT_OBJECTIVE, DEFAULT_NUM_SAMPLES)
         assert len(record["searcher_seeds"]) >= 3 and len(record["picks"]) == len(record["regret_pp"])
-
-
-def test_the_final_training_ships_the_baseline_only_when_its_validation_is_strictly_higher():
-    assert ships_baseline(0.70, 0.71)
-    assert not ships_baseline(0.71, 0.71)  # a tie keeps the search's winner, never favouring none
-    assert not ships_baseline(0.71, 0.70)
-    assert not ships_baseline(None, 0.9) and not ships_baseline(0.5, None)
-    assert not ships_baseline(float("nan"), 0.9) and not ships_baseline(0.5, float("nan"))

@@ -445,7 +445,8 @@ def test_metrics_name_the_shipped_run_the_baseline_only_when_its_validation_is_h
 ):
     job = JobSpec.model_validate({**_job(any_teacher_file, WINNER), "name": "tiny"})
     outcomes = {"f": _outcome(0.61, winner_val), "f-baseline": _outcome(0.55, baseline_val)}
-    metrics = train._summarise(job, "f", WINNER, "none", outcomes, 2, False, "s", False)
+    runs = [("f", WINNER), ("f-baseline", "none")]
+    metrics = train._summarise(job, "f", WINNER, "none", runs, outcomes, 2, False, "s", False)
     assert metrics["shipped_run"] == shipped
     assert (metrics["shipped_candidate"], metrics["shipped_test_acc"]) == (
         ("none", 0.55) if shipped == "f-baseline" else (WINNER, 0.61)
@@ -524,7 +525,7 @@ def test_a_winner_none_continuing_the_trunk_still_trains_and_may_ship_its_baseli
 def test_without_a_baseline_the_winner_ships(any_teacher_file):
     job = JobSpec.model_validate(_job(any_teacher_file, WINNER))
     for baseline, outcomes in ((None, {"f": _outcome(0.61, 0.5)}), (WINNER, {"f": _outcome(0.61, 0.5)})):
-        metrics = train._summarise(job, "f", WINNER, baseline, outcomes, 2, False, "s", False)
+        metrics = train._summarise(job, "f", WINNER, baseline, [("f", WINNER)], outcomes, 2, False, "s", False)
         assert (metrics["shipped_run"], metrics["shipped_candidate"], metrics["shipped_test_acc"]) == (
             "f",
             WINNER,
@@ -665,3 +666,67 @@ def test_a_healthy_run_prints_progress_lines_not_epoch_lines_or_tracebacks(branc
     assert all("ETA" in line for line in progress) and "Traceback" not in printed
     logged = (run_dir / "final" / "ray.log").read_text()
     assert "final epoch 2/4: loss" in logged and "final epoch 4/4: loss" in logged
+
+
+def test_other_finalists_run_beside_the_winner_once_each_and_the_baseline_only_where_it_differs():
+    planned = _planned_runs("f", WINNER, "none", continues_trunk=False, finalists=["trivialaugment", WINNER, "none"])
+    assert planned == [("f", WINNER), ("f-finalist-1", "trivialaugment"), ("f-baseline", "none")]
+    planned = _planned_runs("f", WINNER, "none", continues_trunk=True, finalists=["none", "none"])
+    assert planned == [("f", WINNER), ("f-finalist-1", "none"), ("f-baseline", "none")]  # trunk-then-none differs
+
+
+@pytest.mark.parametrize(
+    ("vals", "shipped"),
+    [
+        ((0.6, 0.7, 0.65), "f-finalist-1"),
+        ((0.7, 0.7, 0.7), "f"),
+        ((0.6, 0.6, 0.65), "f-baseline"),
+        ((0.6, None, 0.5), "f"),
+    ],
+)
+def test_the_finalist_with_the_highest_validation_ships_ties_to_the_earlier(any_teacher_file, vals, shipped):
+    job = JobSpec.model_validate({**_job(any_teacher_file, WINNER), "name": "tiny"})
+    runs = [("f", WINNER), ("f-finalist-1", "trivialaugment"), ("f-baseline", "none")]
+    tests = {"f": 0.61, "f-finalist-1": 0.64, "f-baseline": 0.55}
+    outcomes = {run: _outcome(tests[run], val) for (run, _), val in zip(runs, vals, strict=True)}
+    metrics = train._summarise(job, "f", WINNER, "none", runs, outcomes, 2, False, "s", False)
+    candidates = dict(runs)
+    assert (metrics["shipped_run"], metrics["shipped_candidate"]) == (shipped, candidates[shipped])
+    assert metrics["shipped_test_acc"] == tests[shipped]
+    assert [(f["run"], f["candidate"], f["student_test_acc"]) for f in metrics["finalists"]] == [
+        ("f-finalist-1", "trivialaugment", 0.64)
+    ]
+    assert metrics["difference_pp"] == pytest.approx(6.0)  # the search's winner against the baseline, as before
+    lines = train._summary_lines(metrics)
+    assert "finalist trivialaugment: test acc 64.00 %" in lines
+    whose = {"f": "winner's", "f-finalist-1": "finalist's (trivialaugment)", "f-baseline": "baseline's (none)"}
+    artifact_line = next(line for line in lines if line.startswith(ARTIFACT_FILE))
+    assert artifact_line.startswith(f"{ARTIFACT_FILE}: the {whose[shipped]} model")
+    assert "finalist " + ("n/a" if vals[1] is None else f"{100 * vals[1]:.2f} %") in artifact_line
+
+
+def test_run_final_trains_the_winner_files_finalists_and_ships_the_best_on_validation(
+    tmp_path, teacher_file, monkeypatch
+):
+    run_dir = tmp_path / "run"
+    _write_winner(run_dir, {**_job(teacher_file, WINNER), "finalists": ["trivialaugment"]})
+    planned = []
+
+    def finished_runs(fits, together):
+        planned.extend((fit.args[6], fit.args[1]) for fit in fits)  # each run's name and candidate
+        results = []
+        for i, val_acc in enumerate((0.5, 0.7, 0.6)):
+            folder = tmp_path / f"run{i}"
+            folder.mkdir()
+            (folder / ARTIFACT_FILE).write_bytes(str(i).encode())
+            results.append((_outcome(0.6, val_acc), _FolderArtifact(folder)))
+        return results
+
+    monkeypatch.setattr(train, "_run_all", finished_runs)
+    monkeypatch.setattr(train, "ray_session", lambda *args, **kwargs: nullcontext())
+    monkeypatch.setattr(train, "routed_worker_logs", lambda *args, **kwargs: nullcontext())
+    monkeypatch.setattr(train, "_fits_together", lambda *args: False)
+    metrics = run_final(str(run_dir))
+    assert planned == [("final", WINNER), ("final-finalist-1", "trivialaugment"), ("final-baseline", "none")]
+    assert (metrics["shipped_run"], metrics["shipped_candidate"]) == ("final-finalist-1", "trivialaugment")
+    assert (run_dir / "final" / ARTIFACT_FILE).read_bytes() == b"1"
