@@ -604,6 +604,44 @@ def shipped_lines(regimes: list[dict]) -> list[str]:
             "",
             *_shipped_table(others),
         ]
+    finalists = [(r["regime"], r["shipped_search_finalists"]) for r in regimes if "shipped_search_finalists" in r]
+    if finalists:
+        lines += [
+            "## Finalists (not the default; `--finalists`, `shipped_search_finalists`)",
+            "",
+            "Independent trials of 10 % of the epochs screen the candidates; the winner and the best of the other",
+            "strength tier train alone from scratch beside the `none` baseline, and the best on validation ships",
+            "(per ground-truth seed; the shipped column names whose model shipped on each seed).",
+            "",
+            *_finalists_table(finalists),
+        ]
+    return lines
+
+
+def _finalists_table(records: list[tuple[str, dict]]) -> list[str]:
+    """The rows of the finalists section of :func:`shipped_lines` for ``(regime, shipped_search_finalists)``
+    pairs, and their worst regrets."""
+    lines = [
+        "| regime | searcher seed | finalists | winner alone (regret) | shipped (regret) | shipped runs | cost |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    worst = {"regret_pp": 0.0, "shipped_regret_pp": 0.0}
+    for regime, record in records:
+        for i, seed in enumerate(record["searcher_seeds"]):
+            lines.append(
+                f"| {regime} | {seed} | {', '.join(record['finalist_candidates'][i])} "
+                f"| {record['pick_true_pct'][i]:.2f} ({record['regret_pp'][i]:.2f}) "
+                f"| {record['shipped_pct'][i]:.2f} ({record['shipped_regret_pp'][i]:.2f}) "
+                f"| {', '.join(record['shipped_runs'][i])} | {record['cost'][i]:.2f} |"
+            )
+        for name in worst:
+            worst[name] = max(worst[name], *record[name])
+    lines += [
+        "",
+        f"Worst regret over the {_count(len(records), 'regime')} measured: winner alone {worst['regret_pp']:.2f} pp, "
+        f"shipped {worst['shipped_regret_pp']:.2f} pp.",
+        "",
+    ]
     return lines
 
 

@@ -26,6 +26,7 @@ class _Interrupted(Exception):
 
 
 def _search(args: argparse.Namespace) -> int:
+    from .config import load_job
     from .results import TRIALS_FILE, best_trial, rank_column, runner_up_note
     from .runtime import check_address
     from .search import plan_search, run_search, top_table
@@ -52,6 +53,11 @@ def _search(args: argparse.Namespace) -> int:
         f"chosen: {best['candidate']} ({job.objective} {best[rank_column(job.objective)]:.4g} after "
         f"{best['epochs']} epochs, the best of {len(outcome.trials)} trials by the selection rule above)"
     )
+    finalists = load_job(outcome.winner_file).finalists
+    if finalists:
+        print(
+            f"finalists: {', '.join(finalists)} (the best of the other strength tiers; the final training trains them)"
+        )
     print(f"winner: {outcome.winner_file}")
     print(f"train it with: daq-search train {outcome.winner_file}")
     note = runner_up_note(outcome.trials, job.objective, job.mode)

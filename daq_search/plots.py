@@ -25,6 +25,8 @@ FINAL_EPOCHS_FILE = "epochs.parquet"
 FINAL_METRICS_FILE = "metrics.json"
 BASELINE_SUFFIX = "-baseline"
 """A final training's ``run`` column names the baseline run ``<name>-baseline``."""
+FINALIST_INFIX = "-finalist-"
+"""... and another finalist's run ``<name>-finalist-<i>``."""
 NONE = "none"
 TOP_CURVES = 3
 TITLE_WIDTH = 80
@@ -154,10 +156,10 @@ def final_title(metrics: dict | None) -> str:
 
 def final_run_label(run: str, group: pd.DataFrame) -> str:
     """The legend label of one final-training run (its ``epochs.parquet`` rows, sorted by epoch): the candidate of its
-    last epoch, its role (winner, or baseline for ``<name>-baseline``) and, for a run that continued a search trunk
-    (earlier epochs under another candidate), the trunk's candidate and last epoch."""
+    last epoch, its role (winner; baseline for ``<name>-baseline``; finalist for ``<name>-finalist-<i>``) and, for a
+    run that continued a search trunk (earlier epochs under another candidate), the trunk's candidate and last epoch."""
     own = group["candidate"].iloc[-1]
-    role = "baseline" if run.endswith(BASELINE_SUFFIX) else "winner"
+    role = "baseline" if run.endswith(BASELINE_SUFFIX) else "finalist" if FINALIST_INFIX in run else "winner"
     trunk = group[group["candidate"] != own]
     if trunk.empty:
         return f"{own} ({role})"
@@ -165,8 +167,8 @@ def final_run_label(run: str, group: pd.DataFrame) -> str:
 
 
 def plot_final(final_dir: str | Path, out_png: str | Path) -> Path:
-    """A PNG of a final training (``RUN_DIR/final``): validation accuracy (%) per epoch of the winner and of the
-    baseline, each labelled by :func:`final_run_label` (epochs not validated are skipped), titled by
+    """A PNG of a final training (``RUN_DIR/final``): validation accuracy (%) per epoch of the winner, the other
+    finalists and the baseline, each labelled by :func:`final_run_label` (epochs not validated are skipped), titled by
     :func:`final_title`. Returns the path."""
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator

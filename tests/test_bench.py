@@ -482,12 +482,29 @@ def test_shipped_table_rows_and_worst_regrets_from_hand_values():
     }
     other = {**record, "regret_pp": [12.0, 0.0], "delivered_regret_pp": [0.0, 0.0], "shipped_regret_pp": [0.0, 0.0]}
     another_trunk = {**record, "trunk": "u", "shipped_regret_pp": [3.0, 4.0]}
+    hedged = {
+        **record,
+        "finalist_candidates": [["x", "y"], ["none", "z"]],
+        "shipped_runs": [["y", "baseline"], ["z", "z"]],
+        "shipped_regret_pp": [2.0, 5.0],
+    }
     lines = shipped_lines(
         [
             {"regime": "a", "shipped_search": record},
-            {"regime": "b", "shipped_search_trunks": {"u": another_trunk}},
+            {"regime": "b", "shipped_search_trunks": {"u": another_trunk}, "shipped_search_finalists": hedged},
             {"regime": "c", "shipped_search": other},
         ]
+    )
+    finalists_section = lines.index("## Finalists (not the default; `--finalists`, `shipped_search_finalists`)")
+    assert [line for line in lines[finalists_section:] if line.startswith("| b |")] == [
+        "| b | 0 | x, y | 70.00 (1.00) | 71.50 (2.00) | y, baseline | 0.30 |",
+        "| b | 1 | none, z | 60.00 (11.00) | 62.00 (5.00) | z, z | 0.15 |",
+    ]
+    assert (
+        lines[finalists_section:].count(
+            "Worst regret over the 1 regime measured: winner alone 11.00 pp, shipped 5.00 pp."
+        )
+        == 1
     )
     rows = [line for line in lines if line.startswith("| a |")]
     assert rows == [

@@ -133,7 +133,7 @@ def test_interrupted_search_resumes_without_losing_or_rerunning_trials(tmp_path)
     """Ctrl-C lands wherever the search happens to be (how many trials have finished depends on the machine's
     speed), so this asserts only what holds for any moment: every row written before the signal is kept, no trial
     finished before it is run again, a trial cut mid-way keeps its epochs, and the resumed search completes."""
-    job = write_job(tmp_path, "killed")
+    job = write_job(tmp_path, "killed", final={"finalists": 2})
     run_dir = tmp_path / "runs" / "killed"
     log = open(tmp_path / "first.log", "w")
     first = subprocess.Popen(
@@ -168,6 +168,8 @@ def test_interrupted_search_resumes_without_losing_or_rerunning_trials(tmp_path)
     assert set(before.index) <= set(after.index) and len(after) == 4  # no trial lost, none added twice
     assert (after["status"] == "completed").all() and (after["epochs"] == 3).all()
     assert "winner: " in resumed.stdout and (run_dir / "winner.yaml").is_file()
+    finalists = yaml.safe_load((run_dir / "winner.yaml").read_text())["finalists"]
+    assert len(finalists) == 1 and f"finalists: {finalists[0]} (the best of the other strength tiers" in resumed.stdout
     for trial_id, row in before.iterrows():
         # every epoch row written before the signal is still there, unchanged (throughput included: not re-measured)
         old = epochs_before[epochs_before["trial_id"] == trial_id].reset_index(drop=True)

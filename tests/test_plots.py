@@ -185,6 +185,7 @@ def test_a_run_that_continued_the_trunk_is_labelled_by_its_own_candidate():
     expected = "trivialaugment (winner; epochs 1-3: trunk randaugment(magnitude=9,num_ops=2))"
     assert final_run_label("final", rows) == expected
     assert final_run_label("final-baseline", rows.assign(candidate="none")) == "none (baseline)"
+    assert final_run_label("final-finalist-1", rows.assign(candidate="trivialaugment")) == "trivialaugment (finalist)"
 
 
 def test_final_title_without_metrics_or_baseline():
