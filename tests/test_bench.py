@@ -630,3 +630,34 @@ def test_a_planted_regimes_shipped_job_validates_on_its_nuisance_images_as_a_fol
     assert not pairs & {
         (int(label), image.numpy().tobytes()) for image, label in zip(unplanted.images, unplanted.labels)
     }
+
+
+def test_golden_section_positions_follow_the_better_side_by_hand():
+    from bench.strength import golden_positions
+
+    # 8 positions: golden points 3 and 4 of [0, 7]; 4 is better, so [3, 7] and the reflection 3 + 7 - 4 = 6
+    assert golden_positions([0, 1, 2, 3, 5, 4, 6, 2], 3) == [3, 4, 6]
+    # 10 positions: points 3 and 6; 3 is better, so [0, 6]; its reflection 0 + 6 - 3 is 3 itself, trained:
+    # the nearest untrained position, the milder of 2 and 4
+    assert golden_positions([9, 8, 7, 8, 7, 6, 5, 4, 3, 2], 3) == [3, 6, 2]
+    assert golden_positions([9, 8, 7, 8, 7, 6, 5, 4, 3, 2], 2) == [3, 6]
+    # 3 positions: both golden points are 1, so the second moves to 2; 2 is better: [1, 2] has nothing left to train
+    assert golden_positions([1, 2, 3], 3) == [1, 2]
+    assert golden_positions([3, 2, 2], 3) == [1, 2, 0]  # a tie keeps the milder side: [0, 2], reflection 0 + 2 - 1
+    assert golden_positions([5, 5], 9) == [0, 1]  # stops when nothing in the bracket is left to train
+
+
+def test_strength_search_replay_picks_by_one_seed_and_is_judged_by_the_others():
+    from bench.strength import replay
+
+    candidates = ["none", "mild", "middle", "strong"]
+    align = [0.0, 0.5, 0.3, 0.9]  # sorted: none, middle, mild, strong
+    top1 = np.array([[60.0, 60.0], [70.0, 64.0], [65.0, 66.0], [50.0, 50.0]])  # rows as listed, a column per seed
+    record = replay(candidates, align, top1, 2)
+    # golden points of [0, 3]: positions 1 and 2, i.e. middle and mild; with none (the baseline) read too
+    assert record["trained"] == [["middle", "mild"], ["middle", "mild"]]
+    # seed 0 reads mild 70 best, judged on seed 1: best there is middle 66, so 2 pp; seed 1 picks middle (66),
+    # judged on seed 0: best is mild 70, so 5 pp
+    assert record["picks"] == ["mild", "middle"] and record["regret_pp"] == [2.0, 5.0]
+    assert record["mean_regret_pp"] == 3.5 and record["worst_regret_pp"] == 5.0
+    assert record["cost"] == [0.25, 0.25]  # one run beyond the final training, of 4 candidates
