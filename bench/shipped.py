@@ -71,7 +71,7 @@ def shipped_job(regime, searcher_seed: int, trunk: str = DEFAULT_TRUNK, finalist
         teacher = teacher.model_copy(update={"train_per_class": regime.teacher_data.train_per_class})
     if regime.planted is not None:
         data = data.model_copy(update={"val_pool": str(planted_validation_folder(regime))})
-    final = {"recipe": regime.recipe.model_dump(), "workers": 1}
+    final = {"recipe": regime.recipe.model_dump(), "workers": 1, "finalists": finalists}
     selection = {"branch": {"trunk": trunk}} if finalists == 1 else {"branch": None}
     return JobSpec.model_validate(
         {
@@ -85,7 +85,7 @@ def shipped_job(regime, searcher_seed: int, trunk: str = DEFAULT_TRUNK, finalist
             "search_space": str(Path("search_spaces/default.yaml").resolve()),
             **selection,
             "searcher": {"seed": searcher_seed, "points_to_evaluate": ["none"]},
-            "final": final if finalists == 1 else {**final, "finalists": finalists},
+            "final": final,
         }
     )
 

@@ -200,9 +200,10 @@ class SchedulerConfig(_Strict):
 
 
 class BranchConfig(_Strict):
-    """Late-phase branching, the default selection (:mod:`daq_search.selection`): a trunk student trains under
-    ``trunk`` for ``at`` of ``final.recipe.epochs``, then each trial continues it under its candidate to the end of
-    the schedule. A winner file also names the trunk's state (``checkpoint``), which the final training continues."""
+    """Late-phase branching (``branch: {}``; the default is independent trials and finalists,
+    :mod:`daq_search.selection`): a trunk student trains under ``trunk`` for ``at`` of ``final.recipe.epochs``, then
+    each trial continues it under its candidate to the end of the schedule. A winner file also names the trunk's
+    state (``checkpoint``), which the final training continues."""
 
     trunk: CandidateId = DEFAULT_TRUNK
     at: float = Field(DEFAULT_BRANCH_AT, gt=0, lt=1)
@@ -231,7 +232,8 @@ class FinalConfig(_Strict):
     baseline: CandidateId | None = "none"
     finalists: StrictInt = Field(DEFAULT_FINALISTS, ge=1)
     """How many of the search's candidates the final training trains to the end: the winner and the best of each
-    other strength tier (:mod:`daq_search.finalists`); the best on validation ships, the baseline included."""
+    other strength tier (:mod:`daq_search.finalists`; no more than the search trained); the best on validation
+    ships, the baseline included. Set explicitly, at most ``searcher.num_samples``."""
 
 
 class CalibrateRulesConfig(_Strict):
@@ -332,18 +334,15 @@ class JobSpec(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _default_selection(cls, data: Any) -> Any:
-        """A job with neither ``trial``, ``branch`` nor ``calibrate`` branches (:class:`BranchConfig` defaults) when
-        its final training has 2 epochs or more (a trunk and a branch).
-        With ``branch``, a trial is the final recipe (each branch continues the trunk's schedule); without it and
-        without a ``trial`` section, a trial is the final recipe at :func:`default_trial_epochs` of its epochs."""
+        """A job without a ``trial`` section trains the final recipe in each trial: with ``branch`` (each branch
+        continues the trunk's schedule) to its end, without it (the default) for :func:`default_trial_epochs` of its
+        epochs."""
         if not isinstance(data, dict) or "trial" in data:
             return data
         try:
             recipe = FinalConfig.model_validate(data.get("final", {})).recipe
         except ValidationError:
             return data  # the final section's own error is reported
-        if "branch" not in data and data.get("calibrate") is None and recipe.epochs >= 2:
-            data = {**data, "branch": {}}
         if data.get("branch") is None:
             recipe = recipe.model_copy(update={"epochs": default_trial_epochs(recipe.epochs)})
         return {**data, "trial": recipe.model_dump()}
@@ -369,7 +368,7 @@ class JobSpec(_Strict):
 
     @model_validator(mode="after")
     def _finalists_fit_the_search(self) -> JobSpec:
-        if self.final.finalists > self.searcher.num_samples:
+        if "finalists" in self.final.model_fields_set and self.final.finalists > self.searcher.num_samples:
             raise ValueError(
                 f"final.finalists: {self.final.finalists} is more than the search's searcher.num_samples "
                 f"({self.searcher.num_samples}); allowed: 1 to {self.searcher.num_samples}"

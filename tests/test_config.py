@@ -39,7 +39,7 @@ def test_the_base_job_is_valid(tmp_path):
     job = load_job(write_job(tmp_path))
     assert job.student.model == "tiny_cnn" and job.objective == "val_acc" and job.mode == "max"
     assert not job.scheduler.enabled
-    assert job.branch is not None and job.trial == job.final.recipe  # branches continue the final recipe
+    assert job.branch is None and job.trial.epochs == 3 and job.final.finalists == 2  # trials of 10 %, finalists
 
 
 BAD_JOBS = [

@@ -10,6 +10,7 @@ import pytest
 from daq_search.config import JobSpec
 from daq_search.selection import (
     DEFAULT_BRANCH_AT,
+    DEFAULT_FINALISTS,
     DEFAULT_NUM_SAMPLES,
     DEFAULT_OBJECTIVE,
     DEFAULT_TRUNK,
@@ -40,24 +41,25 @@ def test_branching_cost_counts_the_trunk_once_and_each_branch_in_full():
     assert branching_cost(10, 0.5, 1) == 1.0  # one candidate: trunk + its branch is one full training
 
 
-def test_a_job_without_a_trial_section_branches_through_the_final_recipe():
+def test_a_job_without_a_trial_section_screens_a_tenth_and_hedges_two_finalists():
     job = JobSpec.model_validate({"name": "j", "final": {"recipe": {"epochs": 320, "batch_size": 50, "lr": 0.002}}})
-    assert job.branch is not None and (job.branch.trunk, job.branch.at) == (DEFAULT_TRUNK, DEFAULT_BRANCH_AT)
-    assert job.trial == job.final.recipe and job.searcher.num_samples == DEFAULT_NUM_SAMPLES
+    assert job.branch is None and job.trial.epochs == 32 and job.trial.lr == 0.002
+    assert job.final.finalists == DEFAULT_FINALISTS == 2 and job.searcher.num_samples == DEFAULT_NUM_SAMPLES
     assert is_default_rule(job)
     given = JobSpec.model_validate({"name": "j", "trial": {"epochs": 7}})
     assert given.branch is None and given.trial.epochs == 7 and not is_default_rule(given)
-    independent = JobSpec.model_validate({"name": "j", "branch": None, "final": {"recipe": {"epochs": 320}}})
-    assert independent.trial.epochs == 32 and not is_default_rule(independent)
-    one_epoch = JobSpec.model_validate({"name": "j", "final": {"recipe": {"epochs": 1}}})  # no room for a trunk
-    assert one_epoch.branch is None and one_epoch.trial.epochs == 1
+    branching = JobSpec.model_validate({"name": "j", "branch": {}, "final": {"recipe": {"epochs": 320}}})
+    assert (branching.branch.trunk, branching.branch.at) == (DEFAULT_TRUNK, DEFAULT_BRANCH_AT)
+    assert branching.trial == branching.final.recipe and not is_default_rule(branching)
+    one_sample = JobSpec.model_validate({"name": "j", "searcher": {"num_samples": 1}})  # the default fits any search
+    assert one_sample.final.finalists == 2
 
 
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
         ({"branch": {}, "trial": {"epochs": 3}}, "trial: a branching search's trials continue the trunk"),
-        ({"scheduler": {"enabled": True}}, "branch: branches are read at their end"),
+        ({"branch": {}, "scheduler": {"enabled": True}}, "branch: branches are read at their end"),
         ({"branch": {}, "final": {"recipe": {"epochs": 1}}}, "branch: needs final.recipe.epochs >= 2"),
         ({"branch": {"at": 1.0}}, "less than 1"),
     ],
@@ -71,9 +73,9 @@ def test_describe_rule_says_what_ranks_the_trials_and_where_the_rule_comes_from(
     default = JobSpec.model_validate({"name": "j", "final": {"recipe": {"epochs": 320}}})
     line = describe_rule(default)
     assert line.startswith(
-        "selection rule: val_acc (max) at the end of each branch: a trunk trains under "
-        "randaugment(magnitude=9,num_ops=2) for 224 of the final 320 epochs, then each candidate continues it for "
-        "the last 96; the default (docs/benchmark.md"
+        "selection rule: val_acc (max) after each trial's own 32-epoch schedule (10 % of the final 320), no early "
+        "stopping; the final training trains the winner and the best of each other strength tier (2 finalists) to "
+        "the end and ships the best on validation; the default (docs/benchmark.md"
     )
     custom = JobSpec.model_validate(
         {"name": "j", "objective": "score_ce", "trial": {"epochs": 32}, "scheduler": {"enabled": True}}
@@ -81,17 +83,26 @@ def test_describe_rule_says_what_ranks_the_trials_and_where_the_rule_comes_from(
     line = describe_rule(custom)
     assert "score_ce (min) after each trial's own 32-epoch schedule" in line
     assert "ASHA early stopping (grace 1, reduction 2)" in line and "set by the job (the default is val_acc" in line
-    hedged = JobSpec.model_validate({"name": "j", "final": {"recipe": {"epochs": 320}, "finalists": 2}})
-    assert not is_default_rule(hedged)
-    assert "the winner and the best of each other strength tier (2 finalists) to the end" in describe_rule(hedged)
-    assert "set by the job" in describe_rule(hedged)
+    branching = JobSpec.model_validate(
+        {"name": "j", "branch": {}, "final": {"recipe": {"epochs": 320}, "finalists": 1}}
+    )
+    line = describe_rule(branching)
+    assert line.startswith(
+        "selection rule: val_acc (max) at the end of each branch: a trunk trains under "
+        "randaugment(magnitude=9,num_ops=2) for 224 of the final 320 epochs, then each candidate continues it for "
+        "the last 96; set by the job"
+    )
+    assert "finalists" not in line.split("; set by the job")[0]
 
 
-def test_the_committed_shipped_search_ran_the_package_defaults():
+def test_the_committed_default_measurement_ran_the_package_defaults():
     results = json.loads((ROOT / "bench" / "results" / "results.json").read_text())
-    shipped = [r["shipped_search"] for r in results["regimes"] if "shipped_search" in r]
-    assert shipped, "bench/results/results.json holds no shipped_search (python -m bench.shipped)"
-    for record in shipped:
+    passing = [r for r in results["regimes"] if r["gate"]["passes"]]
+    measured = [r["shipped_search_finalists"] for r in passing if "shipped_search_finalists" in r]
+    assert len(measured) == len(passing), "a passing regime lacks shipped_search_finalists (python -m bench.shipped)"
+    for record in measured:
+        assert (record["finalists"], record["num_samples"]) == (DEFAULT_FINALISTS, DEFAULT_NUM_SAMPLES)
+        assert len(record["searcher_seeds"]) >= 3 and len(record["picks"]) == len(record["shipped_regret_pp"])
+    for record in [r["shipped_search"] for r in passing if "shipped_search" in r]:  # the former default's
         assert (record["trunk"], record["branch_at"]) == (DEFAULT_TRUNK, DEFAULT_BRANCH_AT)
         assert (record["objective"], record["num_samples"]) == (DEFAULT_OBJECTIVE, DEFAULT_NUM_SAMPLES)
-        assert len(record["searcher_seeds"]) >= 3 and len(record["picks"]) == len(record["regret_pp"])
