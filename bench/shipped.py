@@ -1,21 +1,23 @@
 """The search that ships, measured end to end: for a regime, the package's own ``plan_search``/``run_search`` (its
-default selection, its sampler over ``search_spaces/default.yaml``, ``num_samples`` as shipped) runs once per
-searcher seed; each distinct pick is then trained alone to the full budget on the regime's ground-truth seeds, so
-its true accuracy is known, and its regret is measured against the best of the regime's ladder and the picks.
+sampler over ``search_spaces/default.yaml``, ``num_samples`` as shipped) runs once per searcher seed as a user's job,
+and what its final training would ship is trained on the regime's ground-truth seeds, so its true accuracy is known;
+regret is measured against the best that any record of the regime found.
 
-Each pick is also trained as the product's final training delivers it, on the same seeds: a trunk under the trunk
-policy (the package's default, or ``--trunk``) to the branch epoch, continued under the pick to the end; beside it
-the baseline (``none``) alone, and the model the final training ships (the better of the two on the job's validation
-pool). Every search of a regime, from any trunk, is judged against the best that any of its records found.
+``--finalists 2`` measures the default selection (independent trials of 10 %, two finalists hedged by strength): each
+finalist and the ``none`` baseline are trained alone from scratch and read on the job's validation pool, and per seed
+the run with the highest reading ships (``shipped_search_finalists``, ``<regime>--finalists-2.json.gz``).
 
-Run: ``python -m bench.shipped --regime scenes32-10pc-ladder-320ep`` (resumable: each finished search, each
-ground-truth run and each delivered run is cached under ``--work``, whose ``teachers/`` the searches and the
-benchmark share). Writes ``shipped_search`` into that regime's entry of ``bench/results/results.json`` and the
-per-run records (every trial row, every trial epoch, every ground-truth and delivered run) to
-``bench/results/shipped/<regime>.json.gz`` (another trunk's: ``shipped_search_trunks`` and
-``<regime>--trunk-<tag>.json.gz``; after measuring one, rerun the others so that their summaries see its picks). A
-planted control's job validates on the benchmark's validation images with the nuisance, given as a user's
-``data.val_pool`` folder (images taken in deployment conditions); its test images carry the nuisance too.
+Without it, late-phase branching, the former default, from the package's trunk or ``--trunk``: each pick is trained
+alone, and as the final training delivers it (a trunk to the branch epoch, continued under the pick to the end),
+beside the baseline alone, and the model the final training ships (the better of the two on the job's validation
+pool) (``shipped_search``, ``<regime>.json.gz``; another trunk's: ``shipped_search_trunks`` and
+``<regime>--trunk-<tag>.json.gz``; after measuring one, rerun the others so that their summaries see its picks).
+
+Run: ``python -m bench.shipped --regime scenes32-10pc-ladder-320ep [--finalists 2]`` (resumable: each finished search
+and each training is cached under ``--work``, whose ``teachers/`` the searches and the benchmark share). The records
+hold every trial row, every trial epoch and every ground-truth run. A planted control's job validates on the
+benchmark's validation images with the nuisance, given as a user's ``data.val_pool`` folder (images taken in
+deployment conditions); its test images carry the nuisance too.
 """
 
 from __future__ import annotations

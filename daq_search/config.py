@@ -233,7 +233,7 @@ class FinalConfig(_Strict):
     finalists: StrictInt = Field(DEFAULT_FINALISTS, ge=1)
     """How many of the search's candidates the final training trains to the end: the winner and the best of each
     other strength tier (:mod:`daq_search.finalists`; no more than the search trained); the best on validation
-    ships, the baseline included. Set explicitly, at most ``searcher.num_samples``."""
+    ships, the baseline included."""
 
 
 class CalibrateRulesConfig(_Strict):
@@ -364,15 +364,6 @@ class JobSpec(_Strict):
             )
         if self.calibrate is not None:
             raise ValueError("branch: a calibrated search runs independent trials; allowed: branch: null")
-        return self
-
-    @model_validator(mode="after")
-    def _finalists_fit_the_search(self) -> JobSpec:
-        if "finalists" in self.final.model_fields_set and self.final.finalists > self.searcher.num_samples:
-            raise ValueError(
-                f"final.finalists: {self.final.finalists} is more than the search's searcher.num_samples "
-                f"({self.searcher.num_samples}); allowed: 1 to {self.searcher.num_samples}"
-            )
         return self
 
     @model_validator(mode="after")

@@ -15,7 +15,9 @@ Outputs, all under ``RUN_DIR/final/`` (``RUN_DIR/final/<name>/`` for a ``name`` 
   winner file, ``final.finalists`` above 1); ``shipped_run``, ``shipped_candidate`` and ``shipped_test_acc`` name
   the run whose model ``student_int.pt`` holds and its test top-1: the run with the highest validation accuracy at
   its last epoch, a tie going to the winner, then the finalists in order, then the baseline
-  (:func:`daq_search.finalists.shipped_index`); ``artifact_sha256`` is the SHA-256 of that ``student_int.pt``.
+  (:func:`daq_search.finalists.shipped_index`), and ``shipped_difference_pp`` (with ``shipped_difference_se_pp``) its
+  gain over the baseline (over the winner's own run where the baseline is the same training), in percentage points;
+  ``artifact_sha256`` is the SHA-256 of that ``student_int.pt``.
 - ``epochs.parquet``: one row per epoch and run (``run`` is ``<name>``, ``<name>-finalist-<i>`` or
   ``<name>-baseline``): mean train loss
   per image over all workers, val top-1 and loss (on the epochs :func:`next_validation` picks and the last; NaN on
@@ -536,6 +538,13 @@ def _summarise(
     shipped = contenders[shipped_index([run["val_acc"] for run in contenders])]
     metrics["shipped_run"], metrics["shipped_candidate"] = shipped["run"], shipped["candidate"]
     metrics["shipped_test_acc"] = shipped["student_test_acc"]
+    metrics["shipped_difference_pp"] = metrics["shipped_difference_se_pp"] = None
+    plain = outcomes.get(baseline) or (winner if baseline_id is not None and baseline_id == candidate else None)
+    if plain is not None:
+        metrics["shipped_difference_pp"] = 100.0 * (shipped["student_test_acc"] - plain["test_acc"])
+        metrics["shipped_difference_se_pp"] = 100.0 * difference_se(
+            shipped["student_test_acc"], plain["test_acc"], winner["test_images"]
+        )
     return metrics
 
 
@@ -592,6 +601,11 @@ def _summary_lines(metrics: dict) -> list[str]:
             "winner's",
         )
         lines.append(f"{ARTIFACT_FILE}: the {whose} model (validation accuracy at the last epoch: {readings})")
+    if metrics["shipped_difference_pp"] is not None and metrics["shipped_run"] != metrics["name"]:
+        lines.append(
+            f"shipped {metrics['shipped_candidate']} - baseline = {metrics['shipped_difference_pp']:+.2f} pp "
+            f"(standard error {metrics['shipped_difference_se_pp']:.2f} pp)"
+        )
     return lines
 
 

@@ -133,15 +133,3 @@ def test_the_baseline_is_a_finalist_only_when_it_would_continue_a_trunk(tmp_path
     assert yaml.safe_load(independent.read_text())["finalists"] == ["randaugment"]  # none is the baseline anyway
     branching = write_winner(_plan(tmp_path, branch={}), strong_none, tmp_path / "t.pt")
     assert yaml.safe_load(branching.read_text())["finalists"] == ["none"]  # trunk-then-none is another training
-
-
-def test_more_finalists_than_samples_is_one_error_line_naming_the_field(tmp_path):
-    from daq_search.config import load_job
-    from daq_search.errors import DaqSearchError
-
-    path = tmp_path / "job.yaml"
-    path.write_text("name: s\nfinal: {finalists: 7}\nsearcher: {num_samples: 6}\n")
-    with pytest.raises(DaqSearchError) as err:
-        load_job(path)
-    assert "final.finalists: 7 is more than the search's searcher.num_samples (6); allowed: 1 to 6" in str(err.value)
-    assert "\n" not in str(err.value)

@@ -15,6 +15,7 @@ import yaml
 
 from daq_search.config import load_job
 from daq_search.errors import DaqSearchError
+from daq_search.finalists import choose_finalists
 from daq_search.logs import PACKAGE_LOGGER
 from daq_search.results import EPOCHS_SCHEMA, best_trial, read_epochs, read_trials, trials_schema
 from daq_search.runtime import ray_session
@@ -162,7 +163,11 @@ def test_winner_file_is_a_trainable_job(finished_search):
     assert winner.candidate == best_trial(read_trials(outcome.run_dir), "teacher_sample_ce", "min")["candidate"]
     assert Path(winner.teacher.checkpoint).is_file()
     assert Path(winner.teacher.checkpoint).parent == plan.storage / "teachers"
-    assert winner.model_dump(exclude={"candidate", "teacher"}) == plan.job.model_dump(exclude={"candidate", "teacher"})
+    same = {"candidate", "teacher", "finalists"}
+    assert winner.model_dump(exclude=same) == plan.job.model_dump(exclude=same)
+    trials = read_trials(outcome.run_dir)
+    expected = choose_finalists(trials, "teacher_sample_ce", "min", plan.job.final.finalists, [plan.job.final.baseline])
+    assert [winner.candidate, *winner.finalists] == expected and len(expected) == 2  # the default: two finalists
 
 
 @pytest.mark.slow

@@ -531,6 +531,17 @@ def test_without_a_baseline_the_winner_ships(any_teacher_file):
             WINNER,
             0.61,
         )
+        # a baseline that is the winner's own training is measured by the winner's run: no gain; none without one
+        assert metrics["shipped_difference_pp"] == (None if baseline is None else 0.0)
+
+
+def test_a_finalist_that_ships_over_a_winner_equal_to_the_baseline_reports_its_gain_over_that_run(any_teacher_file):
+    job = JobSpec.model_validate(_job(any_teacher_file, "none"))
+    runs = [("f", "none"), ("f-finalist-1", "trivialaugment")]
+    outcomes = {"f": _outcome(0.55, 0.5), "f-finalist-1": _outcome(0.65, 0.6)}
+    metrics = train._summarise(job, "f", "none", "none", runs, outcomes, 2, False, "s", False)
+    assert metrics["baseline"] == {"candidate": "none", "skipped": "same as the winner"}
+    assert metrics["shipped_run"] == "f-finalist-1" and metrics["shipped_difference_pp"] == pytest.approx(10.0)
 
 
 def test_a_baseline_equal_to_the_winner_is_skipped_unless_the_winner_continues_a_trunk(caplog):
@@ -697,7 +708,12 @@ def test_the_finalist_with_the_highest_validation_ships_ties_to_the_earlier(any_
         ("f-finalist-1", "trivialaugment", 0.64)
     ]
     assert metrics["difference_pp"] == pytest.approx(6.0)  # the search's winner against the baseline, as before
+    assert metrics["shipped_difference_pp"] == pytest.approx(100 * (tests[shipped] - 0.55))  # what ships against it
+    se = 100 * math.hypot(*(math.sqrt(a * (1 - a) / 400) for a in (tests[shipped], 0.55)))
+    assert metrics["shipped_difference_se_pp"] == pytest.approx(se)
     lines = train._summary_lines(metrics)
+    gain = f"shipped {candidates[shipped]} - baseline = {metrics['shipped_difference_pp']:+.2f} pp"
+    assert any(line.startswith(gain) for line in lines) == (shipped != "f")  # the winner's gain is printed above
     assert "finalist trivialaugment: test acc 64.00 %" in lines
     whose = {"f": "winner's", "f-finalist-1": "finalist's (trivialaugment)", "f-baseline": "baseline's (none)"}
     artifact_line = next(line for line in lines if line.startswith(ARTIFACT_FILE))
