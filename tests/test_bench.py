@@ -511,11 +511,20 @@ def test_shipped_table_rows_and_worst_regrets_from_hand_values():
         "| a | t | 0 | x | 70.00 (1.00) | 71.00 (0.50) | 71.50 (0.00) | 1 of 2 | 0.30 |",
         "| a | t | 1 | none | 60.00 (11.00) | 62.00 (9.50) | 62.00 (9.50) | 0 of 2 | 0.15 |",
     ]
-    # the default's table (a, c) and its worst regrets come first; b's other trunk has a section of its own
-    other_section = lines.index("## Other trunks (not the default; `--trunk`, `shipped_search_trunks`)")
+    # the default's measurement (finalists) comes first, then branching's table (a, c) with its worst regrets, then
+    # b's other trunk in a section of its own
+    finalists_section = lines.index("## Finalists (the default; `--finalists 2`, `shipped_search_finalists`)")
+    branching_section = lines.index("## Late-phase branching (the former default; `shipped_search`)")
+    other_section = lines.index("## Late-phase branching from other trunks (`--trunk`, `shipped_search_trunks`)")
+    assert finalists_section < branching_section < other_section
+    assert [line for line in lines[finalists_section:branching_section] if line.startswith("| b |")] == [
+        "| b | 0 | x, y | 70.00 (1.00) | 71.50 (2.00) | y, baseline | 0.30 |",
+        "| b | 1 | none, z | 60.00 (11.00) | 62.00 (5.00) | z x2 | 0.15 |",
+    ]
+    assert "Worst regret over the 1 regime measured: winner alone 11.00 pp, shipped 5.00 pp." in lines
     default_worst = "Worst regret over the 2 regimes measured: alone 12.00 pp, delivered 9.50 pp, shipped 9.50 pp."
-    assert lines.index(default_worst) < other_section
-    assert not any(line.startswith("| b |") for line in lines[:other_section])
+    assert branching_section < lines.index(default_worst) < other_section
+    assert not any(line.startswith("| b |") for line in lines[branching_section:other_section])
     assert [line for line in lines[other_section:] if line.startswith("| b | u | 1 |")] == [
         "| b | u | 1 | none | 60.00 (11.00) | 62.00 (9.50) | 62.00 (4.00) | 0 of 2 | 0.15 |"
     ]
