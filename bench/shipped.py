@@ -631,60 +631,55 @@ def shipped_lines(regimes: list[dict]) -> list[str]:
 def _finalists_table(records: list[tuple[str, dict]]) -> list[str]:
     """The rows of the finalists section of :func:`shipped_lines` for ``(regime, shipped_search_finalists)``
     pairs, and their worst regrets."""
-    lines = [
-        "| regime | searcher seed | finalists | winner alone (regret) | shipped (regret) | shipped runs | cost |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    worst = {"regret_pp": 0.0, "shipped_regret_pp": 0.0}
-    for regime, record in records:
-        for i, seed in enumerate(record["searcher_seeds"]):
-            lines.append(
-                f"| {regime} | {seed} | {', '.join(record['finalist_candidates'][i])} "
-                f"| {record['pick_true_pct'][i]:.2f} ({record['regret_pp'][i]:.2f}) "
-                f"| {record['shipped_pct'][i]:.2f} ({record['shipped_regret_pp'][i]:.2f}) "
-                f"| {_counted(record['shipped_runs'][i])} | {record['cost'][i]:.2f} |"
-            )
-        for name in worst:
-            worst[name] = max(worst[name], *record[name])
-    lines += [
-        "",
-        f"Worst regret over the {_count(len(records), 'regime')} measured: winner alone {worst['regret_pp']:.2f} pp, "
-        f"shipped {worst['shipped_regret_pp']:.2f} pp.",
-        "",
-    ]
-    return lines
+
+    def row(regime: str, record: dict, i: int) -> str:
+        return (
+            f"| {regime} | {record['searcher_seeds'][i]} | {', '.join(record['finalist_candidates'][i])} "
+            f"| {record['pick_true_pct'][i]:.2f} ({record['regret_pp'][i]:.2f}) "
+            f"| {record['shipped_pct'][i]:.2f} ({record['shipped_regret_pp'][i]:.2f}) "
+            f"| {_counted(record['shipped_runs'][i])} | {record['cost'][i]:.2f} |"
+        )
+
+    header = "| regime | searcher seed | finalists | winner alone (regret) | shipped (regret) | shipped runs | cost |"
+    worst = {"regret_pp": "winner alone", "shipped_regret_pp": "shipped"}
+    return _regret_table(records, header, row, worst)
 
 
 def _shipped_table(records: list[tuple[str, dict]]) -> list[str]:
     """The rows of :func:`shipped_lines` for ``(regime, shipped_search)`` pairs, and their worst regrets."""
     if not records:
         return ["No regime has a measured shipped search yet.", ""]
-    lines = [
+
+    def row(regime: str, record: dict, i: int) -> str:
+        return (
+            f"| {regime} | {record['trunk']} | {record['searcher_seeds'][i]} | {record['picks'][i]} "
+            f"| {record['pick_true_pct'][i]:.2f} ({record['regret_pp'][i]:.2f}) "
+            f"| {record['delivered_pct'][i]:.2f} ({record['delivered_regret_pp'][i]:.2f}) "
+            f"| {record['shipped_pct'][i]:.2f} ({record['shipped_regret_pp'][i]:.2f}) "
+            f"| {record['baseline_shipped'][i]} of {len(record['ground_truth_seeds'])} | {record['cost'][i]:.2f} |"
+        )
+
+    header = (
         "| regime | trunk | searcher seed | pick | alone (regret) | delivered (regret) | shipped (regret) "
-        "| baseline shipped | cost |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    worst = {"regret_pp": 0.0, "delivered_regret_pp": 0.0, "shipped_regret_pp": 0.0}
+        "| baseline shipped | cost |"
+    )
+    worst = {"regret_pp": "alone", "delivered_regret_pp": "delivered", "shipped_regret_pp": "shipped"}
+    return _regret_table(records, header, row, worst)
+
+
+def _regret_table(records: list[tuple[str, dict]], header: str, row, worst_labels: dict[str, str]) -> list[str]:
+    """A markdown table: ``header``, its separator, ``row(regime, record, i)`` for each searcher seed ``i`` of each
+    ``(regime, record)``, then one line with the worst of each regret field over them (``worst_labels``: field ->
+    label, in order)."""
+    lines = [header, "|---" * header.count(" | ") + "|---|"]
+    worst = dict.fromkeys(worst_labels, 0.0)
     for regime, record in records:
-        seeds = len(record["ground_truth_seeds"])
-        for i, seed in enumerate(record["searcher_seeds"]):
-            lines.append(
-                f"| {regime} | {record['trunk']} | {seed} | {record['picks'][i]} "
-                f"| {record['pick_true_pct'][i]:.2f} ({record['regret_pp'][i]:.2f}) "
-                f"| {record['delivered_pct'][i]:.2f} ({record['delivered_regret_pp'][i]:.2f}) "
-                f"| {record['shipped_pct'][i]:.2f} ({record['shipped_regret_pp'][i]:.2f}) "
-                f"| {record['baseline_shipped'][i]} of {seeds} | {record['cost'][i]:.2f} |"
-            )
+        lines += [row(regime, record, i) for i in range(len(record["searcher_seeds"]))]
         for name in worst:
             worst[name] = max(worst[name], *record[name])
-    lines += [
-        "",
-        f"Worst regret over the {_count(len({regime for regime, _ in records}), 'regime')} measured: alone "
-        f"{worst['regret_pp']:.2f} pp, delivered {worst['delivered_regret_pp']:.2f} pp, shipped "
-        f"{worst['shipped_regret_pp']:.2f} pp.",
-        "",
-    ]
-    return lines
+    regimes = _count(len({regime for regime, _ in records}), "regime")
+    measured = ", ".join(f"{label} {worst[name]:.2f} pp" for name, label in worst_labels.items())
+    return [*lines, "", f"Worst regret over the {regimes} measured: {measured}.", ""]
 
 
 def _recorded_elsewhere(folder: Path, regime, own: str) -> tuple[dict[str, list[float]], list[float]]:
