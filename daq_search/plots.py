@@ -141,7 +141,8 @@ def plot_run(run_dir: str | Path, out_png: str | Path, metric: str | None = None
 
 def final_title(metrics: dict | None) -> str:
     """The title of :func:`plot_final`: the winner's and the baseline's test top-1 (%) and their difference (pp)
-    from a final training's ``metrics.json`` dict, or a note that there is none yet."""
+    from a final training's ``metrics.json`` dict and, where another run ships, that run's test top-1 and its gain
+    over the baseline; or a note that there is no metrics.json yet."""
     if metrics is None:
         return "final training (no metrics.json yet)"
     title = f"test top-1: {metrics['candidate']} {100 * metrics['student_test_acc']:.2f} %"
@@ -150,6 +151,11 @@ def final_title(metrics: dict | None) -> str:
         title += (
             f", baseline {baseline['candidate']} {100 * baseline['student_test_acc']:.2f} % "
             f"({metrics['difference_pp']:+.2f} pp)"
+        )
+    if metrics.get("shipped_run", metrics.get("name")) != metrics.get("name"):
+        gain = metrics.get("shipped_difference_pp")
+        title += f"; shipped {metrics['shipped_candidate']} {100 * metrics['shipped_test_acc']:.2f} %" + (
+            "" if gain is None else f" ({gain:+.2f} pp)"
         )
     return title
 

@@ -193,3 +193,22 @@ def test_final_title_without_metrics_or_baseline():
     alone = {"candidate": "none", "student_test_acc": 0.5, "baseline": None, "difference_pp": None}
     assert final_title(alone) == "test top-1: none 50.00 %"
     assert final_plot_path("out/demo.png").as_posix() == "out/demo-final.png"
+
+
+def test_final_title_names_a_finalist_that_ships_and_its_gain():
+    metrics = {
+        "name": "final",
+        "candidate": "augmix(severity=2)",
+        "student_test_acc": 0.6254,
+        "baseline": {"candidate": "none", "student_test_acc": 0.6164},
+        "difference_pp": 0.90,
+        "shipped_run": "final-finalist-1",
+        "shipped_candidate": "autoaugment(policy=imagenet)",
+        "shipped_test_acc": 0.6518,
+        "shipped_difference_pp": 3.54,
+    }
+    assert final_title(metrics) == (
+        "test top-1: augmix(severity=2) 62.54 %, baseline none 61.64 % (+0.90 pp); "
+        "shipped autoaugment(policy=imagenet) 65.18 % (+3.54 pp)"
+    )
+    assert "shipped" not in final_title({**metrics, "shipped_run": "final"})
