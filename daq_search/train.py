@@ -511,9 +511,6 @@ def _summarise(
         "baseline": None,
         "difference_pp": None,
         "difference_se_pp": None,
-        "shipped_run": name,
-        "shipped_candidate": candidate,
-        "shipped_test_acc": winner["test_acc"],
     }
     metrics["finalists"] = [
         _run_metrics(outcomes[run], run, run_candidate)
