@@ -192,7 +192,7 @@ def write_outputs(summaries: list[dict], out: Path, quick: bool, meta: dict) -> 
     write_atomic(out / "summary.md", "\n".join(summary_lines(summaries, table, quick, meta)))
 
 
-SHIPPED_KEYS = ("shipped_search", "shipped_search_trunks", "shipped_search_finalists")
+SHIPPED_KEYS = ("shipped_search", "shipped_search_trunks", "shipped_search_finalists", "shipped_search_strength")
 """What ``bench.shipped`` writes into a regime's entry (the default's search, and searches from other trunks)."""
 
 

@@ -6,6 +6,9 @@ regret is measured against the best that any record of the regime found.
 ``--finalists 2`` measures the default selection (independent trials of 10 %, two finalists hedged by strength): each
 finalist and the ``none`` baseline are trained alone from scratch and read on the job's validation pool, and per seed
 the run with the highest reading ships (``shipped_search_finalists``, ``<regime>--finalists-2.json.gz``).
+``--finalists-by strength`` measures the strength-ordered choice the same way: the same screen, but the finalists
+are the candidates at the golden points of the strength order (``shipped_search_strength``,
+``<regime>--strength-2.json.gz``).
 
 Without it, late-phase branching, the former default, from the package's trunk or ``--trunk``: each pick is trained
 alone, and as the final training delivers it (a trunk to the branch epoch, continued under the pick to the end),
@@ -59,10 +62,13 @@ PLANTED_VALIDATION = Path(__file__).parent / "work" / "planted-validation"
 """Where a planted regime's validation images, nuisance applied, are written as a user's ``val_pool`` folder."""
 
 
-def shipped_job(regime, searcher_seed: int, trunk: str = DEFAULT_TRUNK, finalists: int = 1) -> JobSpec:
+def shipped_job(
+    regime, searcher_seed: int, trunk: str = DEFAULT_TRUNK, finalists: int = 1, finalists_by: str = "screen"
+) -> JobSpec:
     """The regime as a user's job with every selection setting at the package's default but the trunk's policy
     (``trunk``, the default's unless asked) or, with ``finalists`` above 1, the finalists method instead of
-    branching (independent trials of the default trial length, then ``final.finalists``): its data (validated on
+    branching (independent trials of the default trial length, then ``final.finalists`` named by
+    ``finalists_by``): its data (validated on
     :data:`VAL_POOL` when the teacher has a larger split; a planted regime on its validation images with the
     nuisance, as a folder a user would give, written by :func:`write_planted_validation`), teacher, student,
     quantizer, KD loss and scorer, the full recipe as the final training, and ``searcher.seed``."""
@@ -73,11 +79,11 @@ def shipped_job(regime, searcher_seed: int, trunk: str = DEFAULT_TRUNK, finalist
         teacher = teacher.model_copy(update={"train_per_class": regime.teacher_data.train_per_class})
     if regime.planted is not None:
         data = data.model_copy(update={"val_pool": str(planted_validation_folder(regime))})
-    final = {"recipe": regime.recipe.model_dump(), "workers": 1, "finalists": finalists}
+    final = {"recipe": regime.recipe.model_dump(), "workers": 1, "finalists": finalists, "finalists_by": finalists_by}
     selection = {"branch": {"trunk": trunk}} if finalists == 1 else {"branch": None}
     return JobSpec.model_validate(
         {
-            "name": f"{_measured_name(regime.name, trunk, finalists)}-s{searcher_seed}",
+            "name": f"{_measured_name(regime.name, trunk, finalists, finalists_by)}-s{searcher_seed}",
             "data": data.model_dump(),
             "teacher": teacher.model_dump(),
             "student": regime.student.model_dump(),
@@ -128,10 +134,13 @@ def _pool_label(job: JobSpec) -> str:
     return Path(job.data.val_pool).name
 
 
-def _measured_name(regime_name: str, trunk: str, finalists: int = 1) -> str:
+def _measured_name(regime_name: str, trunk: str, finalists: int = 1, finalists_by: str = "screen") -> str:
     """The name of what is measured on a regime, which its search folders (``-s<seed>``) and its records file carry:
-    the regime's name for the default selection, ``<regime>--trunk-<six hex digits>`` from another trunk,
-    ``<regime>--finalists-<m>`` for the finalists method."""
+    the regime's name for late-phase branching from the package's trunk, ``<regime>--trunk-<six hex digits>`` from
+    another trunk, ``<regime>--finalists-<m>`` for the finalists method, ``<regime>--strength-<m>`` for finalists
+    named by strength."""
+    if finalists_by == "strength":
+        return f"{regime_name}--strength-{finalists}"
     if finalists > 1:
         return f"{regime_name}--finalists-{finalists}"
     if trunk == DEFAULT_TRUNK:
@@ -139,11 +148,19 @@ def _measured_name(regime_name: str, trunk: str, finalists: int = 1) -> str:
     return f"{regime_name}--trunk-{hashlib.sha1(trunk.encode()).hexdigest()[:6]}"
 
 
-def run_one_search(regime, searcher_seed: int, work: Path, log, trunk: str = DEFAULT_TRUNK, finalists: int = 1) -> dict:
+def run_one_search(
+    regime,
+    searcher_seed: int,
+    work: Path,
+    log,
+    trunk: str = DEFAULT_TRUNK,
+    finalists: int = 1,
+    finalists_by: str = "screen",
+) -> dict:
     """One shipped search of ``regime`` from a ``trunk`` trunk, or of the finalists method (cached: a finished run
     folder is read, not rerun); returns its record."""
     write_planted_validation(regime)
-    job = shipped_job(regime, searcher_seed, trunk, finalists)
+    job = shipped_job(regime, searcher_seed, trunk, finalists, finalists_by)
     storage = work  # its teachers/ folder is the one the ground-truth runs read
     run_dir = storage / job.name
     _check_cached_job(run_dir, job)
@@ -437,8 +454,10 @@ def summarise_finalists(
     ladder_means: dict[str, float],
     finalists: int,
     elsewhere: tuple[dict[str, list[float]], list[float]] = ({}, []),
+    finalists_by: str = "screen",
 ) -> dict:
-    """``shipped_search_finalists`` of the finalists method's searches: the rule, searcher seeds, each search's
+    """``shipped_search_finalists`` (``shipped_search_strength`` with ``finalists_by`` strength) of the finalists
+    method's searches: the rule, searcher seeds, each search's
     finalists (winner first) and pick; per search the winner trained alone and what the final training ships (per
     ground-truth seed the finalist or baseline run with the highest validation reading,
     :func:`daq_search.finalists.shipped_index`), each with its regret (pp) against the best of every candidate alone
@@ -446,7 +465,7 @@ def summarise_finalists(
     (``elsewhere[1]``); and cost: the screen's trial epochs plus the finalists' full trainings beyond the one final
     training (the baseline is trained anyway), as a share of a sweep of the ladder."""
     alone_elsewhere, finished_elsewhere = elsewhere
-    job = shipped_job(regime, 0, finalists=finalists)
+    job = shipped_job(regime, 0, finalists=finalists, finalists_by=finalists_by)
     baseline = job.final.baseline
     alone_means = {c: _mean_test(runs) for c, runs in alone.items()}
     means = {**ladder_means, **{c: float(np.mean(v)) for c, v in alone_elsewhere.items()}, **alone_means}
@@ -463,11 +482,15 @@ def summarise_finalists(
     best = max([*means.values(), *shipped_means, *finished_elsewhere])
     epochs, ladder = job.final.recipe.epochs, len(regime.candidates)
     costs = [(s["trial_epochs"] + (len(s["finalists"]) - 1) * epochs) / (ladder * epochs) for s in searches]
+    named = (
+        f"the {finalists} candidates at the golden points of the strength order (the readings do not choose)"
+        if finalists_by == "strength"
+        else f"the winner and the best of each other strength tier ({finalists} finalists)"
+    )
     return {
         "rule": f"finalists: {job.searcher.num_samples} independent trials of {job.trial.epochs} epochs "
-        f"({job.trial.epochs / epochs:.0%}), {job.objective} at their end on {_pool_label(job)} validation; the "
-        f"winner and the best of each other strength tier ({finalists} finalists) trained alone to the end beside "
-        f"the {baseline} baseline; the best on validation ships",
+        f"({job.trial.epochs / epochs:.0%}), {job.objective} at their end on {_pool_label(job)} validation; "
+        f"{named} trained alone to the end beside the {baseline} baseline; the best on validation ships",
         "finalists": finalists,
         "num_samples": job.searcher.num_samples,
         "trial_epochs": job.trial.epochs,
@@ -522,6 +545,12 @@ def main(argv: list[str] | None = None) -> int:
         "shipped_search_finalists) instead of late-phase branching",
     )
     parser.add_argument(
+        "--finalists-by",
+        choices=("screen", "strength"),
+        default="screen",
+        help="with --finalists: how the search names them (strength: recorded under shipped_search_strength)",
+    )
+    parser.add_argument(
         "--trunk",
         default=DEFAULT_TRUNK,
         help="the trunk's policy (default: the package's); another one is recorded under shipped_search_trunks",
@@ -538,7 +567,9 @@ def main(argv: list[str] | None = None) -> int:
     ladder_means = dict(zip(entry["candidates"], entry["mean_pct"], strict=True))
     seeds = [int(s) for s in args.searcher_seeds.split(",")]
     if args.finalists > 1:
-        return _measure_finalists(regime, seeds, work, out, log, args.finalists, args.jobs, ladder_means)
+        return _measure_finalists(
+            regime, seeds, work, out, log, args.finalists, args.jobs, ladder_means, args.finalists_by
+        )
     searches = [run_one_search(regime, seed, work, log, args.trunk) for seed in seeds]
     picks = sorted({s["pick"] for s in searches} - set(ladder_means))
     truth = ground_truth(regime, picks, work, log, args.jobs)
@@ -563,19 +594,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _measure_finalists(regime, seeds, work, out, log, finalists: int, jobs: int, ladder_means) -> int:
+def _measure_finalists(
+    regime, seeds, work, out, log, finalists: int, jobs: int, ladder_means, finalists_by: str = "screen"
+) -> int:
     """The finalists method on ``regime``: its searches, its finalists and baseline trained alone, the summary in
-    ``results.json`` (``shipped_search_finalists``) and ``shipped.md``, the records beside the others'."""
-    searches = [run_one_search(regime, seed, work, log, finalists=finalists) for seed in seeds]
+    ``results.json`` (``shipped_search_finalists``, or ``shipped_search_strength`` for finalists named by strength)
+    and ``shipped.md``, the records beside the others'."""
+    searches = [
+        run_one_search(regime, seed, work, log, finalists=finalists, finalists_by=finalists_by) for seed in seeds
+    ]
     baseline = shipped_job(regime, 0, finalists=finalists).final.baseline
     alone = alone_truth(regime, sorted({c for s in searches for c in s["finalists"]} | {baseline}), work, log, jobs)
-    name = _measured_name(regime.name, DEFAULT_TRUNK, finalists)
-    summary = summarise_finalists(
-        regime, searches, alone, ladder_means, finalists, _recorded_elsewhere(out / "shipped", regime, name)
-    )
+    name = _measured_name(regime.name, DEFAULT_TRUNK, finalists, finalists_by)
+    elsewhere = _recorded_elsewhere(out / "shipped", regime, name)
+    summary = summarise_finalists(regime, searches, alone, ladder_means, finalists, elsewhere, finalists_by)
     results = json.loads((out / "results.json").read_text())  # read again: other benches write it meanwhile
     entry = next(r for r in results["regimes"] if r["regime"] == regime.name)
-    entry["shipped_search_finalists"] = summary
+    entry["shipped_search_strength" if finalists_by == "strength" else "shipped_search_finalists"] = summary
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     (out / "shipped.md").write_text("\n".join(shipped_lines(results["regimes"])))
     record = {"regime_key": regime.key(), "ground_truth_seeds": list(regime.seeds), "searches": searches}
@@ -608,6 +643,17 @@ def shipped_lines(regimes: list[dict]) -> list[str]:
             "(per ground-truth seed; the shipped runs column counts whose model shipped on the seeds).",
             "",
             *_finalists_table(finalists),
+        ]
+    strength = [(r["regime"], r["shipped_search_strength"]) for r in regimes if "shipped_search_strength" in r]
+    if strength:
+        lines += [
+            "## Finalists named by strength (`--finalists 2 --finalists-by strength`, `shipped_search_strength`)",
+            "",
+            "The same screen, but the finalists are the candidates at the golden points of the strength order",
+            "(`final.finalists_by: strength`; the readings do not choose); trained alone beside `none`, the best on",
+            "validation ships. The winner column is the first of them, the one the trials rank higher.",
+            "",
+            *_finalists_table(strength),
         ]
     lines += [
         "## Late-phase branching (the former default; `shipped_search`)",

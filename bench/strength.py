@@ -20,17 +20,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from daq_search.finalists import strength_positions
+
 from .stats import pick
 
-GOLDEN = (math.sqrt(5) - 1) / 2
-"""The golden ratio's fractional part: where a golden-section search places its inner points in a bracket."""
 EVALUATIONS = (2, 3, 4)
 """Full-schedule runs the replayed searches train (besides the baseline)."""
 BASELINE = "none"
@@ -38,13 +37,12 @@ BASELINE = "none"
 
 def golden_positions(readings: Sequence[float], evaluations: int) -> list[int]:
     """The positions (0 mildest) a golden-section search for the largest of ``readings`` trains, in order, at most
-    ``evaluations`` of them: ``hi - round(GOLDEN * hi)`` and ``round(GOLDEN * hi)`` of the whole range ``[0, hi]``
-    (the next position for the second where the two coincide), then the reflection ``lo + hi - kept`` of the better inner point inside the bracket it bounds (ties keep
+    ``evaluations`` of them: the two golden points of the whole range ``[0, hi]``
+    (:func:`daq_search.finalists.strength_positions`, the positions ``final.finalists_by: strength`` trains), then the reflection ``lo + hi - kept`` of the better inner point inside the bracket it bounds (ties keep
     the milder side), moved to the nearest untrained position in the bracket (the milder one on a tie) where it is
     already trained; it stops early when the bracket holds no untrained position."""
     lo, hi = 0, len(readings) - 1
-    mild, strong = hi - round(GOLDEN * hi), round(GOLDEN * hi)
-    inner = sorted({mild, min(hi, strong + (mild == strong))})
+    inner = sorted(strength_positions(len(readings), 2))
     trained = inner[:evaluations]
     while len(trained) < evaluations and len(inner) == 2:
         mild, strong = inner

@@ -27,7 +27,7 @@ class _Interrupted(Exception):
 
 def _search(args: argparse.Namespace) -> int:
     from .config import load_job
-    from .results import TRIALS_FILE, best_trial, rank_column, runner_up_note
+    from .results import TRIALS_FILE
     from .runtime import check_address
     from .search import plan_search, run_search, top_table
     from .selection import describe_rule
@@ -48,22 +48,37 @@ def _search(args: argparse.Namespace) -> int:
     job = plan.job
     print(f"\ntop trials by {job.objective} ({job.mode}; most epochs first, then the last epoch's value):")
     print(top_table(outcome.trials, job.objective, job.mode), end="")
-    best = best_trial(outcome.trials, job.objective, job.mode)
-    print(
-        f"chosen: {best['candidate']} ({job.objective} {best[rank_column(job.objective)]:.4g} after "
-        f"{best['epochs']} epochs, the best of {len(outcome.trials)} trials by the selection rule above)"
-    )
-    finalists = load_job(outcome.winner_file).finalists
-    if finalists:
-        print(
-            f"finalists: {', '.join(finalists)} (the best of the other strength tiers; the final training trains them)"
-        )
+    for line in chosen_lines(job, outcome.trials, load_job(outcome.winner_file)):
+        print(line)
     print(f"winner: {outcome.winner_file}")
     print(f"train it with: daq-search train {outcome.winner_file}")
-    note = runner_up_note(outcome.trials, job.objective, job.mode)
-    if note is not None:
-        print(f"note: {note}")
     return 0
+
+
+def chosen_lines(job, trials, winner) -> list[str]:
+    """The lines a finished search prints about its choice: ``chosen:`` (the winner file's ``candidate`` with its
+    trial's reading), ``finalists:`` when the winner file names others, and, when the trials' readings chose, a
+    ``note:`` when the winner is within two standard errors of the runner-up."""
+    from .results import best_trial, rank_column, runner_up_note
+
+    by_strength = job.final.finalists_by == "strength"
+    best = best_trial(trials[trials["candidate"] == winner.candidate], job.objective, job.mode)
+    how = (
+        "at a golden point of the strength order"
+        if by_strength
+        else f"the best of {len(trials)} trials by the selection rule above"
+    )
+    lines = [
+        f"chosen: {winner.candidate} ({job.objective} {best[rank_column(job.objective)]:.4g} after "
+        f"{best['epochs']} epochs, {how})"
+    ]
+    if winner.finalists:
+        why = "the other golden points of the strength order" if by_strength else "the best of the other strength tiers"
+        lines.append(f"finalists: {', '.join(winner.finalists)} ({why}; the final training trains them)")
+    note = None if by_strength else runner_up_note(trials, job.objective, job.mode)
+    if note is not None:
+        lines.append(f"note: {note}")
+    return lines
 
 
 def _results(args: argparse.Namespace) -> int:

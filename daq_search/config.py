@@ -34,6 +34,7 @@ from .selection import (
     DEFAULT_BRANCH_AT,
     DEFAULT_EARLY_STOPPING,
     DEFAULT_FINALISTS,
+    DEFAULT_FINALISTS_BY,
     DEFAULT_NUM_SAMPLES,
     DEFAULT_OBJECTIVE,
     DEFAULT_TRUNK,
@@ -231,9 +232,12 @@ class FinalConfig(_Strict):
     use_gpu: bool = False
     baseline: CandidateId | None = "none"
     finalists: StrictInt = Field(DEFAULT_FINALISTS, ge=1)
-    """How many of the search's candidates the final training trains to the end: the winner and the best of each
-    other strength tier (:mod:`daq_search.finalists`; no more than the search trained); the best on validation
-    ships, the baseline included."""
+    """How many of the search's candidates the final training trains to the end (no more than the search trained);
+    the best on validation ships, the baseline included."""
+    finalists_by: Literal["screen", "strength"] = DEFAULT_FINALISTS_BY
+    """How the search names them (:mod:`daq_search.finalists`): ``screen``, the trials' winner and the best of each
+    other strength tier; ``strength``, the candidates at the golden points of the strength order, whatever the
+    trials read."""
 
 
 class CalibrateRulesConfig(_Strict):

@@ -17,16 +17,13 @@ import pandas as pd
 
 from .errors import DaqSearchError
 from .files import atomic_write
+from .final_runs import run_role
 from .results import REPORTED_METRICS, rank_column, rank_trials, read_epochs, read_trials
 
 FINAL_DIR = "final"
 """The final training's folder inside a run folder (``daq-search train``'s default name)."""
 FINAL_EPOCHS_FILE = "epochs.parquet"
 FINAL_METRICS_FILE = "metrics.json"
-BASELINE_SUFFIX = "-baseline"
-"""A final training's ``run`` column names the baseline run ``<name>-baseline``."""
-FINALIST_INFIX = "-finalist-"
-"""... and another finalist's run ``<name>-finalist-<i>``."""
 NONE = "none"
 TOP_CURVES = 3
 TITLE_WIDTH = 80
@@ -160,12 +157,12 @@ def final_title(metrics: dict | None) -> str:
     return title
 
 
-def final_run_label(run: str, group: pd.DataFrame) -> str:
-    """The legend label of one final-training run (its ``epochs.parquet`` rows, sorted by epoch): the candidate of its
-    last epoch, its role (winner; baseline for ``<name>-baseline``; finalist for ``<name>-finalist-<i>``) and, for a
-    run that continued a search trunk (earlier epochs under another candidate), the trunk's candidate and last epoch."""
+def final_run_label(name: str, run: str, group: pd.DataFrame) -> str:
+    """The legend label of ``run`` of the final training ``name`` (its ``epochs.parquet`` rows, sorted by epoch): the
+    candidate of its last epoch, its role (:func:`daq_search.final_runs.run_role`) and, for a run that continued a
+    search trunk (earlier epochs under another candidate), the trunk's candidate and last epoch."""
     own = group["candidate"].iloc[-1]
-    role = "baseline" if run.endswith(BASELINE_SUFFIX) else "finalist" if FINALIST_INFIX in run else "winner"
+    role = run_role(name, run)
     trunk = group[group["candidate"] != own]
     if trunk.empty:
         return f"{own} ({role})"
@@ -183,11 +180,12 @@ def plot_final(final_dir: str | Path, out_png: str | Path) -> Path:
     epochs = pd.read_parquet(final_dir / FINAL_EPOCHS_FILE)
     metrics_path = final_dir / FINAL_METRICS_FILE
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
+    name = min(epochs["run"].unique(), key=len)  # the winner's run; the others add a suffix to its name
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for run, group in epochs.groupby("run", sort=False):
         group = group.sort_values("epoch")
         curve = group.dropna(subset=["val_acc"])
-        ax.plot(curve["epoch"], 100 * curve["val_acc"], marker=".", label=final_run_label(str(run), group))
+        ax.plot(curve["epoch"], 100 * curve["val_acc"], marker=".", label=final_run_label(name, str(run), group))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy (%)")

@@ -45,6 +45,9 @@ recipe."""
 DEFAULT_FINALISTS = 2
 """Candidates the final training trains to the end unless the job says otherwise: the winner and the best of the
 other strength tier (:mod:`daq_search.finalists`), beside the baseline; at most as many as the search trained."""
+DEFAULT_FINALISTS_BY = "screen"
+"""How the search names the finalists unless the job says otherwise (``final.finalists_by``): the trials' winner and
+the best of each other strength tier."""
 DEFAULT_EARLY_STOPPING = False
 """Whether ASHA stops trials early unless the job's ``scheduler`` says otherwise."""
 EVIDENCE = "docs/benchmark.md, section 'Finalists'; shipped_search_finalists in bench/results/results.json"
@@ -78,6 +81,7 @@ def is_default_rule(job: JobSpec) -> bool:
         job.objective == DEFAULT_OBJECTIVE
         and job.scheduler.enabled == DEFAULT_EARLY_STOPPING
         and job.final.finalists == DEFAULT_FINALISTS
+        and job.final.finalists_by == DEFAULT_FINALISTS_BY
         and job.branch is None
         and job.calibrate is None
         and job.trial.epochs == default_trial_epochs(job.final.recipe.epochs)
@@ -101,7 +105,12 @@ def describe_rule(job: JobSpec) -> str:
             else "no early stopping"
         )
         rule = f"{job.objective} ({job.mode}) after each trial's own {job.trial.epochs}-epoch schedule ({share}), {stopping}"
-    if job.final.finalists > 1:
+    if job.final.finalists_by == "strength":
+        rule += (
+            f"; the readings do not choose: the final training trains the {job.final.finalists} candidates at the "
+            "golden points of the strength order to the end and ships the best on validation"
+        )
+    elif job.final.finalists > 1:
         rule += (
             f"; the final training trains the winner and the best of each other strength tier "
             f"({job.final.finalists} finalists) to the end and ships the best on validation"

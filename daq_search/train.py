@@ -66,6 +66,7 @@ from .config import JobSpec, load_job
 from .data import DataBundle
 from .errors import DaqSearchError
 from .files import RUN_NAME_ALLOWED, atomic_write, atomic_write_text, check_run_name
+from .final_runs import baseline_run, finalist_run, run_role
 from .finalists import shipped_index
 from .kd import (
     binomial_se,
@@ -300,16 +301,6 @@ def routed_worker_logs(path: Path, shutdown: bool = False) -> Iterator[None]:
                 dispatcher.add_handler(name, printer)
 
 
-def baseline_run(name: str) -> str:
-    """The Ray run name of the baseline of the final training ``name``."""
-    return f"{name}-baseline"
-
-
-def finalist_run(name: str, index: int) -> str:
-    """The Ray run name of the ``index``-th other finalist (from 1) of the final training ``name``."""
-    return f"{name}-finalist-{index}"
-
-
 def _planned_runs(
     name: str, candidate: str, baseline_id: str | None, *, continues_trunk: bool, finalists: list[str] = ()
 ) -> list[tuple[str, str]]:
@@ -515,7 +506,7 @@ def _summarise(
     metrics["finalists"] = [
         _run_metrics(outcomes[run], run, run_candidate)
         for run, run_candidate in runs
-        if run.startswith(f"{name}-finalist-")
+        if run_role(name, run) == "finalist"
     ]
     baseline = baseline_run(name)
     if baseline_id is not None and baseline not in outcomes:

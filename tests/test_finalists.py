@@ -7,7 +7,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from daq_search.finalists import choose_finalists, shipped_index, strength_tiers
+from daq_search.finalists import (
+    choose_finalists,
+    shipped_index,
+    strength_finalists,
+    strength_positions,
+    strength_tiers,
+)
 
 
 def _trials(rows: list[tuple[str, str, float, float]], status: str = "completed") -> pd.DataFrame:
@@ -64,6 +70,38 @@ def test_a_skipped_candidate_that_wins_is_still_the_winner_and_failed_trials_are
     table = pd.concat([TRIALS, _trials([("g", "augmix", 0.99, 0.5)], status="failed")])
     assert choose_finalists(table, "val_acc", "max", 2, skip=["mixup"]) == ["mixup", "randaugment"]
     assert choose_finalists(table[table["status"] == "failed"], "val_acc", "max", 2) == []
+
+
+@pytest.mark.parametrize(
+    ("size", "count", "positions"),
+    [
+        (8, 2, [3, 4]),  # 0.382 * 7 = 2.67 -> 3, 0.618 * 7 = 4.33 -> 4
+        (7, 2, [2, 4]),  # 2.29 -> 2, 3.71 -> 4
+        (10, 2, [3, 6]),  # 3.44 -> 3, 5.56 -> 6
+        (3, 2, [1, 2]),  # 0.76 -> 1; 1.24 -> 1 is taken, 2 is nearer than 0
+        (2, 2, [0, 1]),
+        (1, 2, [0]),  # no more than there are
+        (7, 1, [3]),  # one: the middle
+        (8, 1, [3]),  # 3.5: the milder on a tie
+        (11, 3, [4, 5, 6]),  # 3.82, 5.0, 6.18
+    ],
+)
+def test_strength_positions_are_the_golden_points_of_the_order(size, count, positions):
+    assert strength_positions(size, count) == positions
+
+
+def test_strength_finalists_ignore_the_readings_skip_the_baseline_and_list_in_rank_order():
+    # without none, by alignment: erasing 0.10, mixup 0.40, randaugment 0.90, ta+cutmix 1.60: positions 1 and 2
+    assert strength_finalists(TRIALS, "val_acc", "max", 2, skip=["none"]) == ["mixup", "randaugment"]
+    reversed_readings = TRIALS.assign(val_acc_last=-TRIALS["val_acc_last"])
+    assert strength_finalists(reversed_readings, "val_acc", "max", 2, skip=["none"]) == ["randaugment", "mixup"]
+    # with none in the pool (5 candidates): positions 2 (1.53 -> 2) and 2.47 -> 2 taken, so 3
+    assert strength_finalists(TRIALS, "val_acc", "max", 2) == ["mixup", "randaugment"]
+    assert strength_finalists(TRIALS, "val_acc", "max", 1, skip=["none"]) == ["mixup"]  # 1.5: the milder
+    only_none = TRIALS[TRIALS["candidate"] == "none"]
+    assert strength_finalists(only_none, "val_acc", "max", 2, skip=["none"]) == ["none"]  # nothing else trained
+    failed = TRIALS.assign(status="failed")
+    assert strength_finalists(failed, "val_acc", "max", 2) == []
 
 
 @pytest.mark.parametrize(
@@ -133,3 +171,21 @@ def test_the_baseline_is_a_finalist_only_when_it_would_continue_a_trunk(tmp_path
     assert yaml.safe_load(independent.read_text())["finalists"] == ["randaugment"]  # none is the baseline anyway
     branching = write_winner(_plan(tmp_path, branch={}), strong_none, tmp_path / "t.pt")
     assert yaml.safe_load(branching.read_text())["finalists"] == ["none"]  # trunk-then-none is another training
+
+
+def test_a_strength_winner_file_names_the_golden_points_whatever_the_trials_read(tmp_path):
+    import yaml
+
+    from daq_search.search.run import write_winner
+
+    (tmp_path / "s").mkdir()
+    table = TRIALS.assign(candidate=TRIALS["candidate"].replace({"erasing": "random_erasing(p=0.5)"}))
+    table.loc[table["candidate"] == "mixup", "candidate"] = "none+mixup(alpha=0.2)"
+    table.loc[table["candidate"] == "ta+cutmix", "candidate"] = "trivialaugment+cutmix(alpha=1.0)"
+    plan = _plan(tmp_path, final={"recipe": {"epochs": 20}, "finalists": 2, "finalists_by": "strength"})
+    winner = yaml.safe_load(write_winner(plan, table, tmp_path / "t.pt").read_text())
+    # none (the baseline, trained anyway) leaves the pool; mixup ranks above randaugment in the trials
+    assert winner["candidate"] == "none+mixup(alpha=0.2)" and winner["finalists"] == ["randaugment"]
+    worst_reads_best = table.assign(val_acc_last=1 - table["val_acc_last"])
+    winner = yaml.safe_load(write_winner(plan, worst_reads_best, tmp_path / "t.pt").read_text())
+    assert winner["candidate"] == "randaugment" and winner["finalists"] == ["none+mixup(alpha=0.2)"]

@@ -183,9 +183,12 @@ def test_a_run_that_continued_the_trunk_is_labelled_by_its_own_candidate():
         {"epoch": [1, 2, 3, 4], "candidate": ["randaugment(magnitude=9,num_ops=2)"] * 3 + ["trivialaugment"]}
     )
     expected = "trivialaugment (winner; epochs 1-3: trunk randaugment(magnitude=9,num_ops=2))"
-    assert final_run_label("final", rows) == expected
-    assert final_run_label("final-baseline", rows.assign(candidate="none")) == "none (baseline)"
-    assert final_run_label("final-finalist-1", rows.assign(candidate="trivialaugment")) == "trivialaugment (finalist)"
+    assert final_run_label("final", "final", rows) == expected
+    assert final_run_label("final", "final-baseline", rows.assign(candidate="none")) == "none (baseline)"
+    assert (
+        final_run_label("final", "final-finalist-1", rows.assign(candidate="trivialaugment"))
+        == "trivialaugment (finalist)"
+    )
 
 
 def test_final_title_without_metrics_or_baseline():
@@ -212,3 +215,15 @@ def test_final_title_names_a_finalist_that_ships_and_its_gain():
         "shipped autoaugment(policy=imagenet) 65.18 % (+3.54 pp)"
     )
     assert "shipped" not in final_title({**metrics, "shipped_run": "final"})
+
+
+def test_run_roles_come_from_the_training_name_not_from_parts_of_a_run_name():
+    from daq_search.final_runs import baseline_run, finalist_run, run_role
+
+    name = "my-finalist-2-baseline"  # a winner whose name looks like another finalist's and a baseline's
+    assert run_role(name, name) == "winner"
+    assert run_role(name, baseline_run(name)) == "baseline"
+    assert run_role(name, finalist_run(name, 12)) == "finalist"
+    for other in ("my-finalist-2", "my-finalist-2-baseline-finalist-x", "other-baseline"):
+        with pytest.raises(ValueError, match="is not a run of the final training"):
+            run_role(name, other)

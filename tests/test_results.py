@@ -232,3 +232,29 @@ def test_nan_metric_never_counts_as_best(tmp_path):
     table.add_epoch("x", 2, metrics(math.nan, 0.5))
     row = table.trials["x"]
     assert row["score_best"] == pytest.approx(0.4) and math.isnan(row["score_last"])
+
+
+@pytest.mark.parametrize("finalists_by", ["screen", "strength"])
+def test_the_search_says_what_it_chose_and_why(tmp_path, finalists_by):
+    from daq_search.cli import chosen_lines
+    from daq_search.config import JobSpec
+
+    rows = [("a", "none", 0.6, 0.03, 0.9), ("c", "trivialaugment", 0.52, 0.04, 1.0)]
+    trials = val_run(tmp_path, rows)
+    job = JobSpec.model_validate({"name": "j", "final": {"finalists_by": finalists_by}})
+    screen_winner = job.model_copy(update={"candidate": "none", "finalists": ["trivialaugment"]})
+    lines = chosen_lines(job, trials, screen_winner)
+    if finalists_by == "screen":
+        assert lines == [
+            "chosen: none (val_acc 0.6 after 1 epochs, the best of 2 trials by the selection rule above)",
+            "finalists: trivialaugment (the best of the other strength tiers; the final training trains them)",
+            "note: " + runner_up_note(trials, "val_acc", "max"),
+        ]
+    else:  # the readings did not choose, so no note on how close they are; the winner's own reading is shown
+        strength_winner = job.model_copy(update={"candidate": "trivialaugment", "finalists": []})
+        assert chosen_lines(job, trials, strength_winner) == [
+            "chosen: trivialaugment (val_acc 0.52 after 1 epochs, at a golden point of the strength order)"
+        ]
+        assert lines[1] == (
+            "finalists: trivialaugment (the other golden points of the strength order; the final training trains them)"
+        )

@@ -93,6 +93,16 @@ def test_describe_rule_says_what_ranks_the_trials_and_where_the_rule_comes_from(
         "the last 96; set by the job"
     )
     assert "finalists" not in line.split("; set by the job")[0]
+    by_strength = JobSpec.model_validate(
+        {"name": "j", "final": {"recipe": {"epochs": 320}, "finalists_by": "strength"}}
+    )
+    line = describe_rule(by_strength)
+    assert not is_default_rule(by_strength) and "; set by the job" in line
+    assert (
+        "the readings do not choose: the final training trains the 2 candidates at the golden points of the strength "
+        "order to the end and ships the best on validation" in line
+    )
+    assert "best of each other strength tier" not in line.split("; set by the job")[0]
 
 
 def test_the_committed_default_measurement_ran_the_package_defaults():

@@ -31,7 +31,7 @@ from ..candidates import parse_candidate
 from ..config import JobSpec, job_to_yaml
 from ..errors import DaqSearchError
 from ..files import atomic_write_text
-from ..finalists import choose_finalists
+from ..finalists import choose_finalists, strength_finalists
 from ..kd import loader_workers
 from ..results import TrialTable, best_trial, format_table, rank_column, rank_trials
 from ..runtime import ray_session
@@ -137,31 +137,36 @@ def _tpe_sampler(seed: int):
 
 
 def write_winner(plan: SearchPlan, trials: pd.DataFrame, teacher_path: Path, trunk: Path | None = None) -> Path | None:
-    """Write ``RUN_DIR/winner.yaml`` (the job with ``candidate`` = the best completed or pruned trial,
-    ``teacher.checkpoint`` = the teacher used, with ``final.finalists`` above 1 ``finalists`` = the other finalists
-    (:func:`daq_search.finalists.choose_finalists`; the baseline is not one unless it continues a trunk, as the
-    final training trains it anyway) and, for a branching search, ``branch.checkpoint`` = its ``trunk`` folder,
-    which the final training continues), or return None when no trial qualifies."""
-    best = best_trial(trials, plan.job.objective, plan.job.mode)
-    if best is None:
+    """Write ``RUN_DIR/winner.yaml`` (the job with ``candidate`` = the first finalist, ``finalists`` = the others,
+    ``teacher.checkpoint`` = the teacher used and, for a branching search, ``branch.checkpoint`` = its ``trunk``
+    folder, which the final training continues), or return None when no trial qualifies. The finalists are those of
+    :func:`daq_search.finalists.choose_finalists` (the best completed or pruned trial first) or, with
+    ``final.finalists_by: strength``, of :func:`daq_search.finalists.strength_finalists`; the baseline is not one
+    unless it continues a trunk or wins the trials, as the final training trains it anyway."""
+    job = plan.job
+    trained_anyway = [job.final.baseline] if job.branch is None and job.final.baseline else []
+    if job.final.finalists_by == "strength":
+        chosen = strength_finalists(trials, job.objective, job.mode, job.final.finalists, trained_anyway)
+    else:
+        chosen = choose_finalists(trials, job.objective, job.mode, job.final.finalists, trained_anyway)
+    if not chosen:
         return None
+    best = best_trial(trials[trials["candidate"] == chosen[0]], job.objective, job.mode)
     update = {
-        "candidate": best["candidate"],
+        "candidate": chosen[0],
+        "finalists": chosen[1:],
         "teacher": plan.job.teacher.model_copy(update={"checkpoint": str(teacher_path)}),
         "storage": str(plan.storage),
     }
     if plan.job.branch is not None and trunk is not None:
         update["branch"] = plan.job.branch.model_copy(update={"checkpoint": str(trunk)})
-    if plan.job.final.finalists > 1:
-        trained_anyway = [plan.job.final.baseline] if plan.job.branch is None and plan.job.final.baseline else []
-        chosen = choose_finalists(trials, plan.job.objective, plan.job.mode, plan.job.final.finalists, trained_anyway)
-        update["finalists"] = chosen[1:]
     winner = plan.job.model_copy(update=update)
     path = plan.run_dir / WINNER_FILE
     atomic_write_text(
         path,
         f"# Winner of search {plan.name!r}: trial {best['trial_id']} ({best['status']}, {best['epochs']} epochs), "
-        f"{plan.job.objective}={best[rank_column(plan.job.objective)]:.6g} at its last epoch.\n"
+        f"{plan.job.objective}={best[rank_column(plan.job.objective)]:.6g} at its last epoch"
+        f"{', at a golden point of the strength order' if job.final.finalists_by == 'strength' else ''}.\n"
         f"# Train it with: daq-search train {path}\n" + job_to_yaml(winner),
     )
     return path
