@@ -72,9 +72,10 @@ def strength_finalists(
     trials: pd.DataFrame, objective: str, mode: str, count: int, skip: Sequence[str] = ()
 ) -> list[str]:
     """The candidate ids of up to ``count`` finalists chosen by strength alone: the distinct candidates of the
-    completed or pruned trials other than those in ``skip`` (unless ``skip`` holds them all), sorted mild to strong, at :func:`strength_positions`;
-    listed in the order the trials rank them (:func:`daq_search.results.rank_trials`), so the first is the
-    ``candidate`` of the winner file; empty when no trial qualifies."""
+    completed or pruned trials other than those in ``skip`` (unless ``skip`` holds them all), sorted mild to
+    strong, at :func:`strength_positions`; listed in the order the trials rank them
+    (:func:`daq_search.results.rank_trials`), so the first is the ``candidate`` of the winner file; empty when no
+    trial qualifies."""
     ranked = rank_trials(trials[trials["status"].isin(["completed", "pruned"])], objective, mode)
     pool = ranked.drop_duplicates("candidate")
     if not pool["candidate"].isin(list(skip)).all():
