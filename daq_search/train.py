@@ -205,7 +205,9 @@ def run_final(
     out_dir = final_dir if name == "final" else final_dir / name
     storage = storage or str(final_dir / "ray")
     trunk = _trunk_checkpoint(job, epochs)
-    runs = _planned_runs(name, candidate, baseline_id, continues_trunk=trunk is not None, finalists=job.finalists)
+    runs = _planned_runs(
+        name, candidate, baseline_id, continues_trunk=_continues_trunk(job, trunk), finalists=job.finalists
+    )
     _check_in_driver(job, runs, workers)
     check_address(address)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -340,6 +342,23 @@ def _trunk_checkpoint(job: JobSpec, epochs: int) -> str | None:
         logger.info(f"branch.checkpoint: {folder} is a trunk of another schedule than {epochs} epochs; not continued")
         return None
     return folder
+
+
+def _continues_trunk(job: JobSpec, trunk: str | None) -> bool:
+    """Whether the winner's run may hold a search trunk's training: the trunk is there to continue (``trunk``, from
+    :func:`_trunk_checkpoint`), or the job names one whose folder holds no state any more (deleted after a run that
+    continued it was interrupted: that run resumes from its own checkpoint). Either way a baseline of the winner's
+    own candidate is another training and runs beside it."""
+    if trunk is not None:
+        return True
+    folder = getattr(getattr(job, "branch", None), "checkpoint", None)
+    if folder is None or (Path(folder) / STATE_FILE).is_file():
+        return False
+    logger.info(
+        f"branch.checkpoint: {folder} holds no trunk state; a run that continued it resumes from its own checkpoint, "
+        "one that did not trains from scratch"
+    )
+    return True
 
 
 def _reuse_state(job: JobSpec, finalist: bool, candidate: str, epochs: int, trunk: str | None) -> dict | None:

@@ -32,6 +32,7 @@ from daq_search.train import (
     ARTIFACT_FILE,
     STATE_FILE,
     _artifact,
+    _continues_trunk,
     _find_user_error,
     _fits_together,
     _load_saved_state,
@@ -228,6 +229,19 @@ def test_the_winner_continues_a_trunk_of_its_schedule_only(tmp_path):
     assert _trunk_checkpoint(SimpleNamespace(branch=SimpleNamespace(checkpoint=str(tmp_path / "gone"))), 10) is None
     assert _trunk_checkpoint(SimpleNamespace(branch=SimpleNamespace(checkpoint=None)), 10) is None
     assert _trunk_checkpoint(SimpleNamespace(), 10) is None  # a job from before branching
+
+
+def test_a_trunk_deleted_after_the_winner_continued_it_still_counts_as_continued(tmp_path, caplog):
+    save_checkpoint(tmp_path / "trunk" / STATE_FILE, _state("none", 3, 10))
+    named = SimpleNamespace(branch=SimpleNamespace(checkpoint=str(tmp_path / "trunk")))
+    assert _continues_trunk(named, _trunk_checkpoint(named, 10))
+    assert not _continues_trunk(named, _trunk_checkpoint(named, 12))  # there, but of another schedule: from scratch
+    gone = SimpleNamespace(branch=SimpleNamespace(checkpoint=str(tmp_path / "gone")))
+    with caplog.at_level(logging.INFO, logger="daq_search.train"):
+        assert _continues_trunk(gone, _trunk_checkpoint(gone, 10))  # so a `none` winner keeps its `none` baseline
+    assert "holds no trunk state" in caplog.text
+    assert not _continues_trunk(SimpleNamespace(branch=SimpleNamespace(checkpoint=None)), None)
+    assert not _continues_trunk(SimpleNamespace(branch=None), None)
 
 
 def test_validation_and_progress_cadence():
