@@ -291,7 +291,7 @@ def read_trials(run_dir: str | Path) -> pd.DataFrame:
     ``max_epochs`` where the file records them."""
     table = _read(run_dir, TRIALS_FILE)
     df = table.to_pandas()
-    df.attrs.update(run_metadata(table.schema))
+    df.attrs.update(run_metadata(table.schema, Path(run_dir) / TRIALS_FILE))
     return df
 
 
@@ -300,14 +300,23 @@ def read_epochs(run_dir: str | Path) -> pd.DataFrame:
     return _read(run_dir, EPOCHS_FILE).to_pandas()
 
 
-def run_metadata(schema: pa.Schema) -> dict[str, Any]:
-    """The ``objective``, ``mode`` and ``max_epochs`` a results file was written with (empty when absent)."""
+def run_metadata(schema: pa.Schema, path: Path) -> dict[str, Any]:
+    """The ``objective``, ``mode`` and ``max_epochs`` the results file ``path`` was written with (empty when
+    absent); DaqSearchError naming the file when one is not what a search writes (a damaged file): an objective
+    that is not a reported metric, a mode other than ``min`` or ``max``, epochs that are not a whole number."""
     meta = schema.metadata or {}
     out: dict[str, Any] = {}
     for key in _META_KEYS:
         raw = meta.get(f"daq_search.{key}".encode())
-        if raw is not None:
-            out[key] = int(raw) if key == "max_epochs" else raw.decode()
+        if raw is None:
+            continue
+        text = raw.decode(errors="replace")
+        valid = {"objective": text in REPORTED_METRICS, "mode": text in ("min", "max"), "max_epochs": text.isdigit()}
+        if not valid[key]:
+            raise DaqSearchError(
+                f"{path}: damaged metadata daq_search.{key} = {text!r}; allowed: a results file a search wrote"
+            )
+        out[key] = int(text) if key == "max_epochs" else text
     return out
 
 
@@ -442,7 +451,7 @@ def read_calibration(run_dir: str | Path) -> pd.DataFrame | None:
         return None
     table = pq.read_table(path)
     df = table.to_pandas()
-    df.attrs["fallback"] = (table.schema.metadata or {}).get(b"daq_search.fallback", b"").decode()
+    df.attrs["fallback"] = (table.schema.metadata or {}).get(b"daq_search.fallback", b"").decode(errors="replace")
     return df
 
 

@@ -75,6 +75,20 @@ def test_a_bit_flip_in_a_data_page_is_found_by_its_checksum(tmp_path, capsys):
     assert "not a readable Parquet file" in results_error(capsys, tmp_path)
 
 
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("mode", b"m\xa9n"), ("mode", b"mhn"), ("objective", b"scxre"), ("max_epochs", b"3\xff"), ("max_epochs", b"x")],
+)
+def test_damaged_run_metadata_is_one_line_naming_the_file(tmp_path, capsys, key, value):
+    small_run(tmp_path)
+    path = tmp_path / TRIALS_FILE
+    table = pq.read_table(path)
+    meta = {**table.schema.metadata, f"daq_search.{key}".encode(): value}
+    pq.write_table(table.replace_schema_metadata(meta), path)
+    shown = value.decode(errors="replace")
+    assert f"{path}: damaged metadata daq_search.{key} = {shown!r}" in results_error(capsys, tmp_path)
+
+
 def test_no_bit_flip_gives_a_traceback(tmp_path, capsys):
     small_run(tmp_path)
     path = tmp_path / TRIALS_FILE
