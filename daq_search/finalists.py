@@ -52,6 +52,13 @@ def _strength_order(candidates: pd.DataFrame) -> list[str]:
     return list(ordered["candidate"])
 
 
+def _ranked_candidates(trials: pd.DataFrame, objective: str, mode: str) -> pd.DataFrame:
+    """The completed or pruned trials ranked by :func:`daq_search.results.rank_trials`, each candidate's best trial
+    only."""
+    ranked = rank_trials(trials[trials["status"].isin(["completed", "pruned"])], objective, mode)
+    return ranked.drop_duplicates("candidate")
+
+
 def strength_positions(size: int, count: int) -> list[int]:
     """Positions (0 mildest) of ``count`` candidates in a strength order of ``size``: those nearest to the fractions
     ``1 - GOLDEN`` and ``GOLDEN`` of the range ``[0, size - 1]`` for two (a golden-section search's first points),
@@ -76,8 +83,7 @@ def strength_finalists(
     strong, at :func:`strength_positions`; listed in the order the trials rank them
     (:func:`daq_search.results.rank_trials`), so the first is the ``candidate`` of the winner file; empty when no
     trial qualifies."""
-    ranked = rank_trials(trials[trials["status"].isin(["completed", "pruned"])], objective, mode)
-    pool = ranked.drop_duplicates("candidate")
+    pool = _ranked_candidates(trials, objective, mode)
     if not pool["candidate"].isin(list(skip)).all():
         pool = pool[~pool["candidate"].isin(list(skip))]
     order = _strength_order(pool)
@@ -93,8 +99,7 @@ def choose_finalists(
     (:func:`strength_tiers` of the ranked candidates other than those in ``skip``) in the order the search ranks
     them; empty when no trial qualifies. ``skip`` names candidates that are not finalists unless they win (the
     baseline, where the final training trains it anyway)."""
-    ranked = rank_trials(trials[trials["status"].isin(["completed", "pruned"])], objective, mode)
-    ranked = ranked.drop_duplicates("candidate")
+    ranked = _ranked_candidates(trials, objective, mode)
     if ranked.empty:
         return []
     winner = ranked.iloc[0]["candidate"]

@@ -330,11 +330,17 @@ def _anchor_checkpoint(job: JobSpec, candidate: str, epochs: int) -> str | None:
     return folder if (Path(folder) / STATE_FILE).is_file() else None
 
 
+def _named_trunk(job: JobSpec) -> str | None:
+    """The trunk folder a winner file names (``branch.checkpoint``), or None (no branching, or a job from before
+    it)."""
+    return getattr(getattr(job, "branch", None), "checkpoint", None)
+
+
 def _trunk_checkpoint(job: JobSpec, epochs: int) -> str | None:
     """The folder of the search trunk's state that a winner continues (``branch.checkpoint``, written by a
     branching search: the trunk trained to its branch epoch of the final schedule), or None when the job names
     none, the folder holds no state, or that state's schedule is not ``epochs`` epochs long."""
-    folder = getattr(getattr(job, "branch", None), "checkpoint", None)
+    folder = _named_trunk(job)
     if folder is None or not (Path(folder) / STATE_FILE).is_file():
         return None
     state = load_state(Path(folder) / STATE_FILE, "branch.checkpoint")
@@ -351,7 +357,7 @@ def _continues_trunk(job: JobSpec, trunk: str | None) -> bool:
     own candidate is another training and runs beside it."""
     if trunk is not None:
         return True
-    folder = getattr(getattr(job, "branch", None), "checkpoint", None)
+    folder = _named_trunk(job)
     if folder is None or (Path(folder) / STATE_FILE).is_file():
         return False
     logger.info(
