@@ -7,6 +7,7 @@ import io
 import json
 import pickle
 import socket
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from daq_search.cli import main
 from daq_search.data import DataSpec, _read_numpy_pickle, load_data
 from daq_search.errors import DaqSearchError
 from daq_search.models import create_for
-from daq_search.results import EPOCHS_FILE, REPORTED_METRICS, TRIALS_FILE, TrialTable, read_trials
+from daq_search.results import EPOCHS_FILE, REPORTED_METRICS, TRIALS_FILE, TrialTable, read_epochs, read_trials
 
 KNOBS = {"policy": "str", "mix": "str"}
 
@@ -115,6 +116,34 @@ def test_no_bit_flip_gives_a_traceback(tmp_path, capsys):
 def test_a_foreign_parquet_file_is_one_line(tmp_path, capsys, table, message):
     pq.write_table(table, tmp_path / TRIALS_FILE)
     assert f"{tmp_path / TRIALS_FILE}: {message}" in results_error(capsys, tmp_path)
+
+
+def test_reading_while_a_search_rewrites_the_files_reads_one_whole_version(tmp_path):
+    """A reader (``daq-search results`` during a search) sees either the smaller or the larger run, never a mix:
+    a reader that opened the file twice took one file's footer with the other's pages (CI failure on a995b31)."""
+    small = small_run(tmp_path)
+    large = new_table(tmp_path)
+    for trial in range(40):
+        large.start(f"t{trial}", "none", {"policy": "none" * trial, "mix": "none"})
+        for epoch in range(1, 4):
+            large.add_epoch(f"t{trial}", epoch, {m: trial + epoch / 10 for m in REPORTED_METRICS})
+    writing = threading.Event()
+    writing.set()
+
+    def rewrite():
+        while writing.is_set():
+            large.write()
+            small.write()
+
+    writer = threading.Thread(target=rewrite)
+    writer.start()
+    try:
+        sizes = {(len(read_trials(tmp_path)), len(read_epochs(tmp_path))) for _ in range(300)}
+    finally:
+        writing.clear()
+        writer.join()
+    assert {trials for trials, _ in sizes} <= {2, 40}
+    assert {epochs for _, epochs in sizes} <= {3, 120}
 
 
 def test_a_kill_between_the_two_writes_is_levelled_on_load(tmp_path):
