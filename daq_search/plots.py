@@ -18,7 +18,7 @@ import pandas as pd
 from .errors import DaqSearchError
 from .files import atomic_write
 from .final_runs import run_role
-from .results import REPORTED_METRICS, rank_column, rank_trials, read_epochs, read_trials
+from .results import REPORTED_METRICS, rank_column, rank_trials, read_epochs, read_parquet, read_trials
 
 FINAL_DIR = "final"
 """The final training's folder inside a run folder (``daq-search train``'s default name)."""
@@ -177,7 +177,7 @@ def plot_final(final_dir: str | Path, out_png: str | Path) -> Path:
     from matplotlib.ticker import MaxNLocator
 
     final_dir = Path(final_dir)
-    epochs = pd.read_parquet(final_dir / FINAL_EPOCHS_FILE)
+    epochs = read_parquet(final_dir / FINAL_EPOCHS_FILE).to_pandas()
     metrics_path = final_dir / FINAL_METRICS_FILE
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
     name = min(epochs["run"].unique(), key=len)  # the winner's run; the others add a suffix to its name

@@ -252,7 +252,7 @@ ADDED_COLUMNS = frozenset({"node", "attempts", "val_acc_se", "val_acc_se_last", 
 """Columns added after the first release: a file written before them reads with nulls there (and resumes)."""
 
 
-def _read_parquet(path: Path, **options: Any) -> pa.Table:
+def read_parquet(path: Path, **options: Any) -> pa.Table:
     """The Parquet file ``path`` as one table, read through a single open file: a running search replaces its
     results files whole (``os.replace``), and a reader that opened ``path`` twice could take the old file's footer
     with the new file's pages. One handle reads either the old file or the new one, never a mix."""
@@ -264,7 +264,7 @@ def _read_file(path: Path, schema: pa.Schema) -> pa.Table:
     """A results file, page checksums verified and ``schema``'s columns checked; one-line DaqSearchError when it
     is truncated, empty, damaged or not a daq-search results file."""
     try:
-        table = _read_parquet(path, page_checksum_verification=True)
+        table = read_parquet(path, page_checksum_verification=True)
     except (pa.ArrowException, OSError, ValueError, EOFError) as err:
         reason = " ".join(str(err).split())[:160] or type(err).__name__
         raise DaqSearchError(
@@ -457,7 +457,7 @@ def read_calibration(run_dir: str | Path) -> pd.DataFrame | None:
     path = Path(run_dir) / CALIBRATION_FILE
     if not path.is_file():
         return None
-    table = _read_parquet(path)
+    table = read_parquet(path)
     df = table.to_pandas()
     df.attrs["fallback"] = (table.schema.metadata or {}).get(b"daq_search.fallback", b"").decode(errors="replace")
     return df

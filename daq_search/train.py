@@ -265,6 +265,11 @@ def _write_outputs(out_dir: Path, metrics: dict, epochs: pd.DataFrame, artifact:
 RAY_TRAIN_HOUSEKEEPING = ("PlacementGroupCleaner",)
 """Ray Train's own actors whose every line (it polls a state API that an embedded Ray without dashboard lacks, and
 under load says so on standard output too) goes to the log file, never to the terminal."""
+LOG_QUIET_S = 1.0
+"""Worker lines reach the driver through Ray's log monitor, seconds late under load: after the training the routing
+waits until no line has come for this long (at most :data:`LOG_DRAIN_S`), so that the last epoch's lines land in
+the log file and on the terminal rather than after the routing ends."""
+LOG_DRAIN_S = 5.0
 
 
 @contextmanager
@@ -272,8 +277,9 @@ def routed_worker_logs(path: Path, shutdown: bool = False) -> Iterator[None]:
     """While the body runs (Ray up), the Ray workers' standard output is printed as before, while their standard
     error (Ray's and the libraries' warnings and log records, the per-epoch lines) and everything Ray Train's
     housekeeping actors print (:data:`RAY_TRAIN_HOUSEKEEPING`) are appended to ``path`` instead of the terminal.
-    With ``shutdown``, Ray is shut down before the printers come back, so that the lines of processes ending after
-    the body (a worker's exit on SIGTERM) go to ``path`` too."""
+    Lines still arriving after the body go the same way (:data:`LOG_QUIET_S`). With ``shutdown``, Ray is shut down
+    before the printers come back, so that the lines of processes ending after the body (a worker's exit on SIGTERM)
+    go to ``path`` too."""
     import ray
     from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
 
@@ -281,8 +287,10 @@ def routed_worker_logs(path: Path, shutdown: bool = False) -> Iterator[None]:
     printers = [handler for key, handler in dispatcher.handlers if key == name]
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as log_file:
+        last_line = [time.monotonic()]
 
         def route(data: dict) -> None:
+            last_line[0] = time.monotonic()
             source = data.get("actor_name") or data.get("task_name") or "worker"
             if not data.get("is_err") and not source.startswith(RAY_TRAIN_HOUSEKEEPING):
                 for printer in printers:
@@ -296,6 +304,9 @@ def routed_worker_logs(path: Path, shutdown: bool = False) -> Iterator[None]:
         try:
             yield
         finally:
+            drained_by = time.monotonic() + LOG_DRAIN_S
+            while time.monotonic() - last_line[0] < LOG_QUIET_S and time.monotonic() < drained_by:
+                time.sleep(0.1)
             if shutdown:
                 ray.shutdown()
             dispatcher.remove_handler(name)

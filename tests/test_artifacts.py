@@ -8,6 +8,7 @@ import json
 import pickle
 import socket
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import pytest
 import torch
 from numpy._core import multiarray as _np_multiarray
 
-from daq_search import train
+from daq_search import results, train
 from daq_search.checkpoints import load_state
 from daq_search.cli import main
 from daq_search.data import DataSpec, _read_numpy_pickle, load_data
@@ -90,7 +91,9 @@ def test_damaged_run_metadata_is_one_line_naming_the_file(tmp_path, capsys, key,
     assert f"{path}: damaged metadata daq_search.{key} = {shown!r}" in results_error(capsys, tmp_path)
 
 
-def test_no_bit_flip_gives_a_traceback(tmp_path, capsys):
+def test_no_bit_flip_gives_a_traceback(tmp_path, capsys, monkeypatch):
+    # fixed start and end times, so the file and the flipped positions are the same on every run
+    monkeypatch.setattr(results, "_now", lambda: datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
     small_run(tmp_path)
     path = tmp_path / TRIALS_FILE
     original = path.read_bytes()

@@ -114,7 +114,7 @@ def wait_for(predicate, timeout: float, what: str, process: subprocess.Popen | N
     deadline = time.monotonic() + timeout
     while not predicate():
         if process is not None and process.poll() is not None:
-            pytest.fail(f"the search ended (rc {process.returncode}) before {what}")
+            pytest.fail(f"the process ended (rc {process.returncode}) before {what}")
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what}")
         time.sleep(0.2)
@@ -288,7 +288,15 @@ def start_head(folder: Path, dashboard_port: int | None) -> tuple[subprocess.Pop
         env=env,
         cwd=folder,
     )
+    wait_for(lambda: listening(port), 120, "the head's GCS port", head)  # a search may not start before the head
     return head, port, env
+
+
+def listening(port: int) -> bool:
+    """Whether something accepts TCP connections on loopback ``port``."""
+    with socket.socket() as probe:
+        probe.settimeout(1)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 def head_temp(port: int) -> Path:

@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import threading
+import time
 from contextlib import contextmanager, nullcontext, redirect_stderr, redirect_stdout
 from pathlib import Path
 from types import SimpleNamespace
@@ -49,6 +50,7 @@ from daq_search.train import (
     next_validation,
     progress_due,
     progress_line,
+    routed_worker_logs,
     run_final,
 )
 from tests.test_search import progress_lines
@@ -268,6 +270,31 @@ def test_progress_and_epoch_lines():
         progress_line("f", row, 320, 10, 5.0)
         == "f epoch 320/320 (100 %): loss 1.2346, val acc 0.5000, 0.50 s/epoch, ETA 0s"
     )
+
+
+def test_worker_lines_arriving_after_the_training_still_reach_the_log_file(tmp_path, monkeypatch):
+    """Ray's log monitor delivers a worker's last lines late under load: the routing waits for them (until no line
+    has come for LOG_QUIET_S) instead of dropping them when the training returns."""
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    monkeypatch.setattr(train, "LOG_QUIET_S", 3.0)
+    monkeypatch.setattr(train, "LOG_DRAIN_S", 30.0)
+    path = tmp_path / "ray.log"
+
+    def emit(text: str, delay_s: float = 0.0) -> None:
+        time.sleep(delay_s)
+        dispatcher.emit({"is_err": True, "pid": 7, "actor_name": "RayTrainWorker", "lines": [text]})
+
+    with routed_worker_logs(path):
+        emit("final epoch 3/4: loss 1.0")
+        late = threading.Thread(target=emit, args=("final epoch 4/4: loss 0.9", 0.2))
+        late.start()
+    late.join()
+    emit("after the routing ended")
+    assert path.read_text().splitlines() == [
+        "(RayTrainWorker pid=7) final epoch 3/4: loss 1.0",
+        "(RayTrainWorker pid=7) final epoch 4/4: loss 0.9",
+    ]
 
 
 def test_runs_together_return_in_order_and_the_first_failure_is_raised_at_once():
@@ -636,8 +663,10 @@ def restarted(teacher_file, ray_up, tmp_path_factory):
     _write_winner(run_dir, job)
 
     died = str(run_dir / "died")
+    snapshot = str(run_dir / "final" / "ray" / "final" / "checkpoint_manager_snapshot.json")
 
     def dies_once(config):
+        import json
         import os
         import time
         from pathlib import Path
@@ -653,7 +682,15 @@ def restarted(teacher_file, ray_up, tmp_path_factory):
             calls.append(1)
             if rank == 1 and len(calls) == 3 and not Path(died).exists():
                 Path(died).touch()
-                time.sleep(6)  # Ray Train's controller polls every 2 s: epoch 2's checkpoint is registered by then
+                deadline = time.monotonic() + 120
+                while time.monotonic() < deadline:  # until Ray Train has registered a checkpoint to restart from
+                    try:
+                        if json.loads(Path(snapshot).read_text()).get("latest_checkpoint_result") is not None:
+                            break
+                    except (OSError, ValueError):  # not written yet, or being replaced
+                        pass
+                    time.sleep(0.5)
+                time.sleep(4)  # the controller polls every 2 s: epoch 2's checkpoint too, unless it is starved
                 os._exit(1)
             return real(*args, **kwargs)
 
