@@ -17,8 +17,8 @@ has the lowest worst-case regret measured (2.01 pp, mean 0.96 pp, at 0.18-0.30 o
 
 **Finalists named by strength** (``final.finalists_by: strength``) keep the screen but ignore its readings: the
 finalists are the candidates at the golden points of the strength order
-(:func:`daq_search.finalists.strength_finalists`). Measured the same way on three of the regimes, what it ships
-lost up to 2.12 pp (mean 1.14 pp) against the default's 2.01 pp (mean 1.00 pp) there, so it is not the default.
+(:func:`daq_search.finalists.strength_finalists`). Measured the same way on the four regimes, what it ships lost
+up to 2.12 pp against the default's 2.01 pp (mean 0.97 pp against 0.96 pp), so it is not the default.
 
 **Late-phase branching** (``branch: {}``) is another alternative: one trunk student trains under :data:`DEFAULT_TRUNK`
 for :data:`DEFAULT_BRANCH_AT` of the final schedule, then every trial continues the trunk's student, optimiser and
