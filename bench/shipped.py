@@ -633,28 +633,26 @@ def shipped_lines(regimes: list[dict]) -> list[str]:
         "(mean of the ground-truth seeds), regret in pp against the best any record of the regime found.",
         "",
     ]
-    finalists = [(r["regime"], r["shipped_search_finalists"]) for r in regimes if "shipped_search_finalists" in r]
-    if finalists:
-        lines += [
-            "## Finalists (the default; `--finalists 2`, `shipped_search_finalists`)",
-            "",
+    lines += _finalists_section(
+        regimes,
+        "shipped_search_finalists",
+        "Finalists (the default; `--finalists 2`, `shipped_search_finalists`)",
+        [
             "Independent trials of 10 % of the epochs screen the candidates; the winner and the best of the other",
             "strength tier train alone from scratch beside the `none` baseline, and the best on validation ships",
             "(per ground-truth seed; the shipped runs column counts whose model shipped on the seeds).",
-            "",
-            *_finalists_table(finalists),
-        ]
-    strength = [(r["regime"], r["shipped_search_strength"]) for r in regimes if "shipped_search_strength" in r]
-    if strength:
-        lines += [
-            "## Finalists named by strength (`--finalists 2 --finalists-by strength`, `shipped_search_strength`)",
-            "",
+        ],
+    )
+    lines += _finalists_section(
+        regimes,
+        "shipped_search_strength",
+        "Finalists named by strength (`--finalists 2 --finalists-by strength`, `shipped_search_strength`)",
+        [
             "The same screen, but the finalists are the candidates at the golden points of the strength order",
             "(`final.finalists_by: strength`; the readings do not choose); trained alone beside `none`, the best on",
             "validation ships. The winner column is the first of them, the one the trials rank higher.",
-            "",
-            *_finalists_table(strength),
-        ]
+        ],
+    )
     lines += [
         "## Late-phase branching (the former default; `shipped_search`)",
         "",
@@ -672,6 +670,13 @@ def shipped_lines(regimes: list[dict]) -> list[str]:
             *_shipped_table(others),
         ]
     return lines
+
+
+def _finalists_section(regimes: list[dict], key: str, title: str, intro: list[str]) -> list[str]:
+    """The ``shipped.md`` section of a finalists method recorded under ``key``: its ``title`` heading, ``intro``
+    lines and :func:`_finalists_table` of the regimes that hold it; nothing when none does."""
+    rows = [(r["regime"], r[key]) for r in regimes if key in r]
+    return [f"## {title}", "", *intro, "", *_finalists_table(rows)] if rows else []
 
 
 def _finalists_table(records: list[tuple[str, dict]]) -> list[str]:

@@ -155,17 +155,17 @@ def write_winner(plan: SearchPlan, trials: pd.DataFrame, teacher_path: Path, tru
     update = {
         "candidate": chosen[0],
         "finalists": chosen[1:],
-        "teacher": plan.job.teacher.model_copy(update={"checkpoint": str(teacher_path)}),
+        "teacher": job.teacher.model_copy(update={"checkpoint": str(teacher_path)}),
         "storage": str(plan.storage),
     }
-    if plan.job.branch is not None and trunk is not None:
-        update["branch"] = plan.job.branch.model_copy(update={"checkpoint": str(trunk)})
-    winner = plan.job.model_copy(update=update)
+    if job.branch is not None and trunk is not None:
+        update["branch"] = job.branch.model_copy(update={"checkpoint": str(trunk)})
+    winner = job.model_copy(update=update)
     path = plan.run_dir / WINNER_FILE
     atomic_write_text(
         path,
         f"# Winner of search {plan.name!r}: trial {best['trial_id']} ({best['status']}, {best['epochs']} epochs), "
-        f"{plan.job.objective}={best[rank_column(plan.job.objective)]:.6g} at its last epoch"
+        f"{job.objective}={best[rank_column(job.objective)]:.6g} at its last epoch"
         f"{', at a golden point of the strength order' if job.final.finalists_by == 'strength' else ''}.\n"
         f"# Train it with: daq-search train {path}\n" + job_to_yaml(winner),
     )
