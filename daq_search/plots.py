@@ -137,24 +137,26 @@ def plot_run(run_dir: str | Path, out_png: str | Path, metric: str | None = None
 
 
 def final_title(metrics: dict | None) -> str:
-    """The title of :func:`plot_final`: the winner's and the baseline's test top-1 (%) and their difference (pp)
-    from a final training's ``metrics.json`` dict and, where another run ships, that run's test top-1 and its gain
-    over the baseline; or a note that there is no metrics.json yet."""
+    """The title of :func:`plot_final` from a final training's ``metrics.json`` dict: the test top-1 (%) of the model
+    that ships and of the baseline with their difference (pp) and, where a run other than the search's winner ships,
+    the winner's test top-1 and difference too; or a note that there is no metrics.json yet."""
     if metrics is None:
         return "final training (no metrics.json yet)"
-    title = f"test top-1: {metrics['candidate']} {100 * metrics['student_test_acc']:.2f} %"
+    winner = metrics.get("search_winner") or {"run": metrics.get("shipped_run")}
+    shipped_other = winner["run"] != metrics.get("shipped_run")
+    title = f"test top-1: {'shipped ' if shipped_other else ''}{_accuracy_and_gain(metrics)}"
     baseline = metrics.get("baseline")
     if baseline and "student_test_acc" in baseline:
-        title += (
-            f", baseline {baseline['candidate']} {100 * baseline['student_test_acc']:.2f} % "
-            f"({metrics['difference_pp']:+.2f} pp)"
-        )
-    if metrics.get("shipped_run", metrics.get("name")) != metrics.get("name"):
-        gain = metrics.get("shipped_difference_pp")
-        title += f"; shipped {metrics['shipped_candidate']} {100 * metrics['shipped_test_acc']:.2f} %" + (
-            "" if gain is None else f" ({gain:+.2f} pp)"
-        )
+        title += f", baseline {baseline['candidate']} {100 * baseline['student_test_acc']:.2f} %"
+    if shipped_other:
+        title += f"; search winner {_accuracy_and_gain(winner)}"
     return title
+
+
+def _accuracy_and_gain(run: dict) -> str:
+    """``<candidate> <test top-1> %`` of a metrics.json run entry, with its gain over the baseline in pp if known."""
+    gain = run.get("difference_pp")
+    return f"{run['candidate']} {100 * run['student_test_acc']:.2f} %" + ("" if gain is None else f" ({gain:+.2f} pp)")
 
 
 def final_run_label(name: str, run: str, group: pd.DataFrame) -> str:

@@ -8,16 +8,16 @@ equal; each worker trains on its own ``DistributedSampler`` shard with a per-wor
 
 Outputs, all under ``RUN_DIR/final/`` (``RUN_DIR/final/<name>/`` for a ``name`` other than ``final``):
 
-- ``metrics.json``: test top-1 (fraction in [0, 1]) and cross-entropy (nats) of the fake-quantized student and of
-  the full-precision teacher, the candidate, bits, epochs, workers, wall seconds, and under ``baseline`` the same
-  student trained with the baseline augmentation plus ``difference_pp`` = (winner - baseline) test top-1 in
-  percentage points; under ``finalists`` the same for each other finalist the search named (``finalists`` in the
-  winner file, ``final.finalists`` above 1); ``shipped_run``, ``shipped_candidate`` and ``shipped_test_acc`` name
-  the run whose model ``student_int.pt`` holds and its test top-1: the run with the highest validation accuracy at
-  its last epoch, a tie going to the winner, then the finalists in order, then the baseline
-  (:func:`daq_search.finalists.shipped_index`), and ``shipped_difference_pp`` (with ``shipped_difference_se_pp``) its
-  gain over the baseline (over the winner's own run where the baseline is the same training), in percentage points;
-  ``artifact_sha256`` is the SHA-256 of that ``student_int.pt``.
+- ``metrics.json``: at the top level the model that ships (the one ``student_int.pt`` holds): ``shipped_run``, its
+  ``candidate``, test top-1 (fraction in [0, 1]) and cross-entropy (nats), validation accuracy at its last epoch, and
+  ``difference_pp`` = (shipped - baseline) test top-1 in percentage points with ``difference_se_pp``; the run that
+  ships is the one with the highest validation accuracy at its last epoch among the search's winner, the other
+  finalists the search named (``finalists`` in the winner file, ``final.finalists`` above 1) and the baseline, a tie
+  going to the earlier (:func:`daq_search.finalists.shipped_index`). Beside it the full-precision teacher's test
+  top-1 and loss, bits, epochs, workers, wall seconds, ``artifact_sha256`` (the SHA-256 of ``student_int.pt``), and
+  one entry per run with the same numbers: ``search_winner`` (the trials' top candidate), ``finalists`` (the others)
+  and ``baseline`` (the same student trained with the baseline augmentation; ``skipped`` where it would be the
+  winner's own training, whose run then measures the baseline).
 - ``epochs.parquet``: one row per epoch and run (``run`` is ``<name>``, ``<name>-finalist-<i>`` or
   ``<name>-baseline``): mean train loss
   per image over all workers, val top-1 and loss (on the epochs :func:`next_validation` picks and the last; NaN on
@@ -501,86 +501,73 @@ def _summarise(
     storage: str,
     together: bool,
 ) -> dict:
-    """The metrics.json dict of the winner run, the other finalists' ``runs`` and, when run, the baseline
-    (``together``: all trained at the same time), and which run ships (:func:`daq_search.finalists.shipped_index`
-    of their validation accuracies, in that order)."""
-    winner = outcomes[name]
-    metrics = {
+    """The metrics.json dict: at the top level the run that ships (:func:`daq_search.finalists.shipped_index` of the
+    validation accuracies of the search's winner, the other finalists' ``runs`` and, when run, the baseline, in that
+    order) with its gain over the baseline, and the job's settings; under ``search_winner``, ``finalists`` and
+    ``baseline`` each run's own entry (:func:`_run_metrics`; ``together``: all trained at the same time)."""
+    baseline = baseline_run(name)
+    plain = outcomes.get(baseline) or (outcomes[name] if baseline_id is not None and baseline_id == candidate else None)
+    entries = {run: _run_metrics(outcomes[run], run, run_candidate, plain) for run, run_candidate in runs}
+    contenders = [entries[name], *(entries[run] for run in entries if run_role(name, run) == "finalist")]
+    if baseline in entries:
+        contenders.append(entries[baseline])
+    shipped = contenders[shipped_index([run["val_acc"] for run in contenders])]
+    outcome = outcomes[shipped["run"]]
+    return {
         "name": name,
-        "candidate": candidate,
+        "shipped_run": shipped["run"],
+        "candidate": shipped["candidate"],
+        "student_test_acc": shipped["student_test_acc"],
+        "student_test_loss": shipped["student_test_loss"],
+        "val_acc": shipped["val_acc"],
+        "difference_pp": shipped["difference_pp"],
+        "difference_se_pp": shipped["difference_se_pp"],
+        "teacher_test_acc": outcome["teacher_test_acc"],
+        "teacher_test_loss": outcome["teacher_test_loss"],
         "model": job.student.model,
         "width": job.student.width,
         "quant": job.quant.model_dump(),
-        "epochs": winner["epochs_done"],
+        "epochs": shipped["epochs"],
         "workers": workers,
         "use_gpu": use_gpu,
         "batch_size": job.final.recipe.batch_size,
-        "student_test_acc": winner["test_acc"],
-        "student_test_loss": winner["test_loss"],
-        "teacher_test_acc": winner["teacher_test_acc"],
-        "teacher_test_loss": winner["teacher_test_loss"],
-        "val_acc": winner["history"][-1]["val_acc"] if winner["history"] else None,
-        "resumed_from_epoch": winner["resumed_from_epoch"],
-        "continued_from": winner["continued_from"],
-        "restarts": winner["restarts"],
-        "restored_from_epochs": winner["restored_from_epochs"],
+        "resumed_from_epoch": shipped["resumed_from_epoch"],
+        "continued_from": shipped["continued_from"],
+        "restarts": shipped["restarts"],
+        "restored_from_epochs": shipped["restored_from_epochs"],
         "validate_every": VALIDATE_EVERY,
         "validation_share": VALIDATION_SHARE,
         "checkpoint_every_s": CHECKPOINT_EVERY_S,
         "runs_together": together,
-        "replica_checksums": winner["replica_checksums"],
-        "device": winner["device"],
-        "backend": winner["backend"],
+        "replica_checksums": outcome["replica_checksums"],
+        "device": outcome["device"],
+        "backend": outcome["backend"],
         "precision": job.final.recipe.precision,
-        "train_wall_s": winner["wall_s"],
+        "train_wall_s": shipped["train_wall_s"],
         "artifact": ARTIFACT_FILE,
         "ray_storage": storage,
-        "baseline": None,
-        "difference_pp": None,
-        "difference_se_pp": None,
+        "search_winner": entries[name],
+        "finalists": [entries[run] for run in entries if run_role(name, run) == "finalist"],
+        "baseline": (
+            None
+            if baseline_id is None
+            else entries.get(baseline, {"candidate": baseline_id, "skipped": "same as the winner"})
+        ),
     }
-    metrics["finalists"] = [
-        _run_metrics(outcomes[run], run, run_candidate)
-        for run, run_candidate in runs
-        if run_role(name, run) == "finalist"
-    ]
-    baseline = baseline_run(name)
-    if baseline_id is not None and baseline not in outcomes:
-        metrics["baseline"] = {"candidate": baseline_id, "skipped": "same as the winner"}
-    elif baseline_id is not None:
-        other = outcomes[baseline]
-        metrics["baseline"] = _run_metrics(other, baseline, baseline_id)
-        metrics["difference_pp"] = 100.0 * (winner["test_acc"] - other["test_acc"])
-        metrics["difference_se_pp"] = 100.0 * difference_se(
-            winner["test_acc"], other["test_acc"], winner["test_images"]
-        )
-    contenders = [
-        {"run": name, "candidate": candidate, "val_acc": metrics["val_acc"], "student_test_acc": winner["test_acc"]},
-        *metrics["finalists"],
-        *([metrics["baseline"]] if metrics["baseline"] is not None and "skipped" not in metrics["baseline"] else []),
-    ]
-    shipped = contenders[shipped_index([run["val_acc"] for run in contenders])]
-    metrics["shipped_run"], metrics["shipped_candidate"] = shipped["run"], shipped["candidate"]
-    metrics["shipped_test_acc"] = shipped["student_test_acc"]
-    metrics["shipped_difference_pp"] = metrics["shipped_difference_se_pp"] = None
-    plain = outcomes.get(baseline) or (winner if baseline_id is not None and baseline_id == candidate else None)
-    if plain is not None:
-        metrics["shipped_difference_pp"] = 100.0 * (shipped["student_test_acc"] - plain["test_acc"])
-        metrics["shipped_difference_se_pp"] = 100.0 * difference_se(
-            shipped["student_test_acc"], plain["test_acc"], winner["test_images"]
-        )
-    return metrics
 
 
-def _run_metrics(outcome: dict, run: str, candidate: str) -> dict:
-    """The metrics.json entry of a finalist's or the baseline's run: its candidate, test top-1 and loss, validation
-    accuracy at its last epoch, epochs, resume and restart record, and wall seconds."""
-    return {
+def _run_metrics(outcome: dict, run: str, candidate: str, baseline: dict | None) -> dict:
+    """The metrics.json entry of one run of the final training: its candidate, test top-1 and loss, validation
+    accuracy at its last epoch, epochs, resume and restart record, wall seconds, and its test top-1 gain over the
+    ``baseline`` run's outcome with the standard error (pp; None without a baseline)."""
+    entry = {
         "run": run,
         "candidate": candidate,
         "student_test_acc": outcome["test_acc"],
         "student_test_loss": outcome["test_loss"],
         "val_acc": outcome["history"][-1]["val_acc"] if outcome["history"] else None,
+        "difference_pp": None,
+        "difference_se_pp": None,
         "epochs": outcome["epochs_done"],
         "resumed_from_epoch": outcome["resumed_from_epoch"],
         "continued_from": outcome["continued_from"],
@@ -588,6 +575,12 @@ def _run_metrics(outcome: dict, run: str, candidate: str) -> dict:
         "restored_from_epochs": outcome["restored_from_epochs"],
         "train_wall_s": outcome["wall_s"],
     }
+    if baseline is not None:
+        entry["difference_pp"] = 100.0 * (outcome["test_acc"] - baseline["test_acc"])
+        entry["difference_se_pp"] = 100.0 * difference_se(
+            outcome["test_acc"], baseline["test_acc"], outcome["test_images"]
+        )
+    return entry
 
 
 def difference_se(first: float, second: float, n: int) -> float:
@@ -597,8 +590,10 @@ def difference_se(first: float, second: float, n: int) -> float:
 
 
 def _summary_lines(metrics: dict) -> list[str]:
-    """The printed summary: student and teacher test accuracy, the other finalists', the baseline comparison, and
-    which model ships."""
+    """The printed summary: the shipped model's test accuracy next to the teacher's; where the final training trained
+    more than one run, each run's test accuracy (with its gain over the baseline) and last validation accuracy and
+    which one ships; then the shipped model's gain over the baseline with its standard error, unless the shipped run is
+    the one that measured the baseline."""
     q = metrics["quant"]
     lines = [
         f"{metrics['name']}: {metrics['model']} W{q['wbits']}A{q['abits']} ({q['method']}) "
@@ -606,29 +601,26 @@ def _summary_lines(metrics: dict) -> list[str]:
         f"{metrics['epochs']} epochs: test acc {100 * metrics['student_test_acc']:.2f} % "
         f"(loss {metrics['student_test_loss']:.4f}); FP teacher {100 * metrics['teacher_test_acc']:.2f} %"
     ]
-    for finalist in metrics["finalists"]:
-        lines.append(f"finalist {finalist['candidate']}: test acc {100 * finalist['student_test_acc']:.2f} %")
     baseline = metrics["baseline"]
-    ran_baseline = baseline is not None and "skipped" not in baseline
-    if ran_baseline:
+    runs = [("winner", metrics["search_winner"]), *(("finalist", run) for run in metrics["finalists"])]
+    if baseline is not None and "skipped" not in baseline:
+        runs.append(("baseline", baseline))
+    if len(runs) > 1:
+        for role, run in runs:
+            gain = "" if role == "baseline" else f" ({run['difference_pp']:+.2f} pp over the baseline)"
+            lines.append(
+                f"{role} {run['candidate']}: test acc {_percent(run['student_test_acc'])}{gain}, "
+                f"validation {_percent(run['val_acc'])}"
+            )
+        whose = next(role for role, run in runs if run["run"] == metrics["shipped_run"])
         lines.append(
-            f"baseline {baseline['candidate']}: test acc {100 * baseline['student_test_acc']:.2f} %; "
-            f"winner - baseline = {metrics['difference_pp']:+.2f} pp (standard error {metrics['difference_se_pp']:.2f} pp)"
+            f"{ARTIFACT_FILE}: the {whose}'s ({metrics['candidate']}) model, the highest on validation at the last epoch"
         )
-    if ran_baseline or metrics["finalists"]:
-        others = [*(("finalist", f) for f in metrics["finalists"]), *([("baseline", baseline)] if ran_baseline else [])]
-        readings = ", ".join(
-            [f"winner {_percent(metrics['val_acc'])}", *(f"{role} {_percent(run['val_acc'])}" for role, run in others)]
-        )
-        whose = next(
-            (f"{role}'s ({run['candidate']})" for role, run in others if run["run"] == metrics["shipped_run"]),
-            "winner's",
-        )
-        lines.append(f"{ARTIFACT_FILE}: the {whose} model (validation accuracy at the last epoch: {readings})")
-    if metrics["shipped_difference_pp"] is not None and metrics["shipped_run"] != metrics["name"]:
+    measured_baseline = runs[-1][1]["run"] if runs[-1][0] == "baseline" else metrics["name"]
+    if metrics["difference_pp"] is not None and metrics["shipped_run"] != measured_baseline:
         lines.append(
-            f"shipped {metrics['shipped_candidate']} - baseline = {metrics['shipped_difference_pp']:+.2f} pp "
-            f"(standard error {metrics['shipped_difference_se_pp']:.2f} pp)"
+            f"shipped {metrics['candidate']} - baseline {baseline['candidate']} = {metrics['difference_pp']:+.2f} pp "
+            f"(standard error {metrics['difference_se_pp']:.2f} pp)"
         )
     return lines
 

@@ -175,7 +175,7 @@ def test_results_plot_adds_the_final_training_when_there_is_one(tmp_path, monkey
     assert [line.get_label() for line in final.lines] == ["trivialaugment (winner)", "none (baseline)"]
     assert list(final.lines[0].get_xdata()) == [2, 4]  # epochs not validated are skipped
     assert list(final.lines[1].get_ydata()) == pytest.approx([50.0, 70.0])
-    assert final.get_title() == "test top-1: trivialaugment 81.23 %, baseline none 70.00 % (+11.23 pp)"
+    assert final.get_title() == "test top-1: trivialaugment 81.23 % (+11.23 pp), baseline none 70.00 %"
 
 
 def test_a_run_that_continued_the_trunk_is_labelled_by_its_own_candidate():
@@ -199,22 +199,23 @@ def test_final_title_without_metrics_or_baseline():
 
 
 def test_final_title_names_a_finalist_that_ships_and_its_gain():
+    winner = {"run": "final", "candidate": "augmix(severity=2)", "student_test_acc": 0.6254, "difference_pp": 0.90}
     metrics = {
         "name": "final",
-        "candidate": "augmix(severity=2)",
-        "student_test_acc": 0.6254,
-        "baseline": {"candidate": "none", "student_test_acc": 0.6164},
-        "difference_pp": 0.90,
         "shipped_run": "final-finalist-1",
-        "shipped_candidate": "autoaugment(policy=imagenet)",
-        "shipped_test_acc": 0.6518,
-        "shipped_difference_pp": 3.54,
+        "candidate": "autoaugment(policy=imagenet)",
+        "student_test_acc": 0.6518,
+        "difference_pp": 3.54,
+        "search_winner": winner,
+        "baseline": {"candidate": "none", "student_test_acc": 0.6164},
     }
     assert final_title(metrics) == (
-        "test top-1: augmix(severity=2) 62.54 %, baseline none 61.64 % (+0.90 pp); "
-        "shipped autoaugment(policy=imagenet) 65.18 % (+3.54 pp)"
+        "test top-1: shipped autoaugment(policy=imagenet) 65.18 % (+3.54 pp), baseline none 61.64 %; "
+        "search winner augmix(severity=2) 62.54 % (+0.90 pp)"
     )
-    assert "shipped" not in final_title({**metrics, "shipped_run": "final"})
+    assert final_title({**metrics, **winner, "shipped_run": "final"}) == (
+        "test top-1: augmix(severity=2) 62.54 % (+0.90 pp), baseline none 61.64 %"
+    )
 
 
 def test_run_roles_come_from_the_training_name_not_from_parts_of_a_run_name():

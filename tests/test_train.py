@@ -425,7 +425,8 @@ def test_integer_artifact_reproduces_test_accuracy(first_run):
 def test_rerun_continues_from_last_checkpoint(first_run, second_run):
     _, _, before = first_run
     run_dir, metrics, _ = second_run
-    assert metrics["resumed_from_epoch"] == 1 and metrics["epochs"] == 2
+    winner = metrics["search_winner"]
+    assert winner["resumed_from_epoch"] == 1 and winner["epochs"] == 2
     assert metrics == json.loads((run_dir / "final" / "metrics.json").read_text())
     rows = pd.read_parquet(run_dir / "final" / "epochs.parquet")
     winner = rows[rows["run"] == "final"].set_index("epoch")
@@ -441,15 +442,22 @@ def test_rerun_continues_from_last_checkpoint(first_run, second_run):
 @pytest.mark.slow
 def test_baseline_is_trained_and_compared(second_run):
     run_dir, metrics, lines = second_run
-    baseline = metrics["baseline"]
+    baseline, winner = metrics["baseline"], metrics["search_winner"]
     assert baseline["candidate"] == "none" and baseline["epochs"] == 2 and baseline["resumed_from_epoch"] == 0
-    assert metrics["difference_pp"] == pytest.approx(100 * (metrics["student_test_acc"] - baseline["student_test_acc"]))
+    assert winner["difference_pp"] == pytest.approx(100 * (winner["student_test_acc"] - baseline["student_test_acc"]))
     test_images = len(load_data(DataConfig(**_job(None, None)["data"]).spec()).test)
-    se = 100 * train.difference_se(metrics["student_test_acc"], baseline["student_test_acc"], test_images)
-    assert metrics["difference_se_pp"] == pytest.approx(se)
-    assert any(
-        f"winner - baseline = {metrics['difference_pp']:+.2f} pp (standard error {se:.2f} pp)" in line for line in lines
+    se = 100 * train.difference_se(winner["student_test_acc"], baseline["student_test_acc"], test_images)
+    assert winner["difference_se_pp"] == pytest.approx(se)
+    assert f"winner {WINNER}: test acc {100 * winner['student_test_acc']:.2f} % ({winner['difference_pp']:+.2f} pp" in (
+        "\n".join(lines)
     )
+    shipped = winner if metrics["shipped_run"] == "final" else baseline
+    assert (metrics["difference_pp"], metrics["difference_se_pp"]) == (
+        shipped["difference_pp"],
+        shipped["difference_se_pp"],
+    )
+    gain = f"shipped {metrics['candidate']} - baseline none = {metrics['difference_pp']:+.2f} pp (standard error"
+    assert any(line.startswith(gain) for line in lines) == (metrics["shipped_run"] == "final")
     rows = pd.read_parquet(run_dir / "final" / "epochs.parquet")
     assert list(rows[rows["run"] == "final-baseline"]["epoch"]) == [1, 2]
     assert set(rows[rows["run"] == "final-baseline"]["candidate"]) == {"none"}
@@ -460,9 +468,12 @@ def test_the_artifact_is_the_shipped_run(second_run):
     run_dir, metrics, lines = second_run
     bundle = load_data(DataConfig(**_job(None, None)["data"]).spec())
     accuracy, _ = evaluate(load_int_artifact(run_dir / "final" / ARTIFACT_FILE), eval_loader(bundle.test, bundle, 512))
-    assert accuracy == metrics["shipped_test_acc"]
-    shipped = {"final": metrics["student_test_acc"], "final-baseline": metrics["baseline"]["student_test_acc"]}
-    assert metrics["shipped_test_acc"] == shipped[metrics["shipped_run"]]
+    assert accuracy == metrics["student_test_acc"]
+    runs = {"final": metrics["search_winner"], "final-baseline": metrics["baseline"]}
+    assert (metrics["candidate"], metrics["student_test_acc"]) == (
+        runs[metrics["shipped_run"]]["candidate"],
+        runs[metrics["shipped_run"]]["student_test_acc"],
+    )
     assert any(line.startswith(f"{ARTIFACT_FILE}: the ") for line in lines)
 
 
@@ -489,12 +500,17 @@ def test_metrics_name_the_shipped_run_the_baseline_only_when_its_validation_is_h
     runs = [("f", WINNER), ("f-baseline", "none")]
     metrics = train._summarise(job, "f", WINNER, "none", runs, outcomes, 2, False, "s", False)
     assert metrics["shipped_run"] == shipped
-    assert (metrics["shipped_candidate"], metrics["shipped_test_acc"]) == (
-        ("none", 0.55) if shipped == "f-baseline" else (WINNER, 0.61)
+    # the top level describes the model that ships; each run keeps its own entry and gain over the baseline
+    assert (metrics["candidate"], metrics["student_test_acc"], metrics["difference_pp"]) == (
+        ("none", 0.55, 0.0) if shipped == "f-baseline" else (WINNER, 0.61, pytest.approx(6.0))
     )
-    assert metrics["student_test_acc"] == 0.61 and metrics["difference_pp"] == pytest.approx(6.0)
-    whose = "baseline's (none)" if shipped == "f-baseline" else "winner's"
-    assert any(line.startswith(f"{ARTIFACT_FILE}: the {whose} model") for line in train._summary_lines(metrics))
+    winner = metrics["search_winner"]
+    assert (winner["run"], winner["student_test_acc"], winner["difference_pp"]) == ("f", 0.61, pytest.approx(6.0))
+    assert metrics["baseline"]["difference_pp"] == 0.0
+    whose = "baseline's (none)" if shipped == "f-baseline" else f"winner's ({WINNER})"
+    lines = train._summary_lines(metrics)
+    assert any(line.startswith(f"{ARTIFACT_FILE}: the {whose} model") for line in lines)
+    assert any(line.startswith("shipped ") for line in lines) == (shipped == "f")
 
 
 class _FolderArtifact:
@@ -567,13 +583,10 @@ def test_without_a_baseline_the_winner_ships(any_teacher_file):
     job = JobSpec.model_validate(_job(any_teacher_file, WINNER))
     for baseline, outcomes in ((None, {"f": _outcome(0.61, 0.5)}), (WINNER, {"f": _outcome(0.61, 0.5)})):
         metrics = train._summarise(job, "f", WINNER, baseline, [("f", WINNER)], outcomes, 2, False, "s", False)
-        assert (metrics["shipped_run"], metrics["shipped_candidate"], metrics["shipped_test_acc"]) == (
-            "f",
-            WINNER,
-            0.61,
-        )
+        assert (metrics["shipped_run"], metrics["candidate"], metrics["student_test_acc"]) == ("f", WINNER, 0.61)
         # a baseline that is the winner's own training is measured by the winner's run: no gain; none without one
-        assert metrics["shipped_difference_pp"] == (None if baseline is None else 0.0)
+        assert metrics["difference_pp"] == (None if baseline is None else 0.0)
+        assert train._summary_lines(metrics)[1:] == []  # one run: no per-run lines, and no gain over itself
 
 
 def test_a_finalist_that_ships_over_a_winner_equal_to_the_baseline_reports_its_gain_over_that_run(any_teacher_file):
@@ -582,7 +595,14 @@ def test_a_finalist_that_ships_over_a_winner_equal_to_the_baseline_reports_its_g
     outcomes = {"f": _outcome(0.55, 0.5), "f-finalist-1": _outcome(0.65, 0.6)}
     metrics = train._summarise(job, "f", "none", "none", runs, outcomes, 2, False, "s", False)
     assert metrics["baseline"] == {"candidate": "none", "skipped": "same as the winner"}
-    assert metrics["shipped_run"] == "f-finalist-1" and metrics["shipped_difference_pp"] == pytest.approx(10.0)
+    assert metrics["shipped_run"] == "f-finalist-1" and metrics["difference_pp"] == pytest.approx(10.0)
+    assert metrics["search_winner"]["difference_pp"] == 0.0  # none against its own run
+    assert train._summary_lines(metrics)[1:] == [
+        "winner none: test acc 55.00 % (+0.00 pp over the baseline), validation 50.00 %",
+        "finalist trivialaugment: test acc 65.00 % (+10.00 pp over the baseline), validation 60.00 %",
+        f"{ARTIFACT_FILE}: the finalist's (trivialaugment) model, the highest on validation at the last epoch",
+        "shipped trivialaugment - baseline none = +10.00 pp (standard error 3.45 pp)",
+    ]
 
 
 def test_a_baseline_equal_to_the_winner_is_skipped_unless_the_winner_continues_a_trunk(caplog):
@@ -753,23 +773,30 @@ def test_the_finalist_with_the_highest_validation_ships_ties_to_the_earlier(any_
     outcomes = {run: _outcome(tests[run], val) for (run, _), val in zip(runs, vals, strict=True)}
     metrics = train._summarise(job, "f", WINNER, "none", runs, outcomes, 2, False, "s", False)
     candidates = dict(runs)
-    assert (metrics["shipped_run"], metrics["shipped_candidate"]) == (shipped, candidates[shipped])
-    assert metrics["shipped_test_acc"] == tests[shipped]
+    assert (metrics["shipped_run"], metrics["candidate"]) == (shipped, candidates[shipped])
+    assert (metrics["student_test_acc"], metrics["val_acc"]) == (tests[shipped], dict(zip(tests, vals))[shipped])
     assert [(f["run"], f["candidate"], f["student_test_acc"]) for f in metrics["finalists"]] == [
         ("f-finalist-1", "trivialaugment", 0.64)
     ]
-    assert metrics["difference_pp"] == pytest.approx(6.0)  # the search's winner against the baseline, as before
-    assert metrics["shipped_difference_pp"] == pytest.approx(100 * (tests[shipped] - 0.55))  # what ships against it
+    assert metrics["search_winner"]["difference_pp"] == pytest.approx(6.0)  # the search's winner against the baseline
+    assert metrics["finalists"][0]["difference_pp"] == pytest.approx(9.0)
+    assert metrics["difference_pp"] == pytest.approx(100 * (tests[shipped] - 0.55))  # what ships against it
     se = 100 * math.hypot(*(math.sqrt(a * (1 - a) / 400) for a in (tests[shipped], 0.55)))
-    assert metrics["shipped_difference_se_pp"] == pytest.approx(se)
+    assert metrics["difference_se_pp"] == pytest.approx(se)
     lines = train._summary_lines(metrics)
-    gain = f"shipped {candidates[shipped]} - baseline = {metrics['shipped_difference_pp']:+.2f} pp"
-    assert any(line.startswith(gain) for line in lines) == (shipped != "f")  # the winner's gain is printed above
-    assert "finalist trivialaugment: test acc 64.00 %" in lines
-    whose = {"f": "winner's", "f-finalist-1": "finalist's (trivialaugment)", "f-baseline": "baseline's (none)"}
-    artifact_line = next(line for line in lines if line.startswith(ARTIFACT_FILE))
-    assert artifact_line.startswith(f"{ARTIFACT_FILE}: the {whose[shipped]} model")
-    assert "finalist " + ("n/a" if vals[1] is None else f"{100 * vals[1]:.2f} %") in artifact_line
+    gain = f"shipped {candidates[shipped]} - baseline none = {metrics['difference_pp']:+.2f} pp"
+    assert any(line.startswith(gain) for line in lines) == (shipped != "f-baseline")
+    assert lines[1:4] == [
+        f"winner {WINNER}: test acc 61.00 % (+6.00 pp over the baseline), validation {train._percent(vals[0])}",
+        f"finalist trivialaugment: test acc 64.00 % (+9.00 pp over the baseline), validation {train._percent(vals[1])}",
+        f"baseline none: test acc 55.00 %, validation {train._percent(vals[2])}",
+    ]
+    whose = {
+        "f": f"winner's ({WINNER})",
+        "f-finalist-1": "finalist's (trivialaugment)",
+        "f-baseline": "baseline's (none)",
+    }
+    assert lines[4].startswith(f"{ARTIFACT_FILE}: the {whose[shipped]} model")
 
 
 def test_run_final_trains_the_winner_files_finalists_and_ships_the_best_on_validation(
@@ -795,5 +822,5 @@ def test_run_final_trains_the_winner_files_finalists_and_ships_the_best_on_valid
     monkeypatch.setattr(train, "_fits_together", lambda *args: False)
     metrics = run_final(str(run_dir))
     assert planned == [("final", WINNER), ("final-finalist-1", "trivialaugment"), ("final-baseline", "none")]
-    assert (metrics["shipped_run"], metrics["shipped_candidate"]) == ("final-finalist-1", "trivialaugment")
+    assert (metrics["shipped_run"], metrics["candidate"]) == ("final-finalist-1", "trivialaugment")
     assert (run_dir / "final" / ARTIFACT_FILE).read_bytes() == b"1"
