@@ -16,6 +16,9 @@ beside the baseline alone, and the model the final training ships (the better of
 pool) (``shipped_search``, ``<regime>.json.gz``; another trunk's: ``shipped_search_trunks`` and
 ``<regime>--trunk-<tag>.json.gz``; after measuring one, rerun the others so that their summaries see its picks).
 
+``python -m bench.shipped --report-only`` rewrites ``shipped.md`` from ``results.json`` (its tables, each search's
+cost in epochs and in measured time, and the choice of method judged leave-one-regime-out).
+
 Run: ``python -m bench.shipped --regime scenes32-10pc-ladder-320ep [--finalists 2]`` (resumable: each finished search
 and each training is cached under ``--work``, whose ``teachers/`` the searches and the benchmark share). The records
 hold every trial row, every trial epoch and every ground-truth run. A planted control's job validates on the
@@ -532,7 +535,8 @@ def _shipped_runs(pick_runs: list[dict], baseline_runs: list[dict], winner_val: 
 def main(argv: list[str] | None = None) -> int:
     """Run the shipped search of one regime for each searcher seed, its picks' ground truth, and record both."""
     parser = argparse.ArgumentParser(prog="python -m bench.shipped", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--regime", required=True)
+    parser.add_argument("--regime", help="the regime to measure (required unless --report-only)")
+    parser.add_argument("--report-only", action="store_true", help="rewrite shipped.md from results.json, run nothing")
     parser.add_argument("--searcher-seeds", default=",".join(map(str, SEARCHER_SEEDS)))
     parser.add_argument("--work", default="bench/work/full")
     parser.add_argument("--out", default="bench/results")
@@ -556,9 +560,16 @@ def main(argv: list[str] | None = None) -> int:
         help="the trunk's policy (default: the package's); another one is recorded under shipped_search_trunks",
     )
     args = parser.parse_args(argv)
+    out = Path(args.out)
+    if args.report_only:
+        results = json.loads((out / "results.json").read_text())
+        (out / "shipped.md").write_text("\n".join(shipped_lines(results["regimes"])))
+        return 0
+    if args.regime is None:
+        parser.error("--regime is required unless --report-only")
     args.trunk = parse_candidate(args.trunk).id  # one spelling per trunk, as a job's branch.trunk has
     regime = build_regime(args.regime)
-    work, out = Path(args.work).resolve(), Path(args.out)
+    work = Path(args.work).resolve()
 
     def log(message: str) -> None:
         print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
@@ -633,6 +644,14 @@ def shipped_lines(regimes: list[dict]) -> list[str]:
         "(mean of the ground-truth seeds), regret in pp against the best any record of the regime found.",
         "",
     ]
+    lines += [
+        "Cost: epochs is the share of a full sweep of the ladder in trained epochs (trial epochs, plus a full training",
+        "per finalist beyond the one final training; reads not counted); time is measured wall seconds on this",
+        "machine as a share of the sweep's wall seconds (`sweep_wall_seconds`), so it counts every read, the DA",
+        "score, and each trial's start-up: the trials' own seconds plus, per extra finalist, a sweep candidate's mean",
+        "(branching: the search's seconds less one candidate's full training, which its final training reuses).",
+        "",
+    ]
     lines += _finalists_section(
         regimes,
         "shipped_search_finalists",
@@ -660,75 +679,165 @@ def shipped_lines(regimes: list[dict]) -> list[str]:
         "training does; shipped: what the final training ships (the delivered pick, or the baseline where its",
         "validation is higher).",
         "",
-        *_shipped_table([(r["regime"], r["shipped_search"]) for r in regimes if "shipped_search" in r]),
+        *_shipped_table([(r, r["shipped_search"]) for r in regimes if "shipped_search" in r]),
     ]
-    others = [(r["regime"], record) for r in regimes for record in r.get("shipped_search_trunks", {}).values()]
+    others = [(r, record) for r in regimes for record in r.get("shipped_search_trunks", {}).values()]
     if others:
         lines += [
             "## Late-phase branching from other trunks (`--trunk`, `shipped_search_trunks`)",
             "",
             *_shipped_table(others),
         ]
-    return lines
+    return lines + _out_of_sample_lines(regimes)
+
+
+METHODS = (
+    ("finalists", "shipped_search_finalists"),
+    ("finalists by strength", "shipped_search_strength"),
+    ("late-phase branching", "shipped_search"),
+)
+"""The selection methods measured end to end, by name and ``results.json`` key, in the order a tie goes."""
+
+
+def leave_one_regime_out(regimes: list[dict]) -> list[dict]:
+    """The choice among :data:`METHODS` judged out of sample: for each regime that holds every method, the method
+    with the lowest worst shipped regret (pp) over the other such regimes (ties: the lower mean, then the order of
+    :data:`METHODS`), and that method's shipped regrets on the held-out regime. Empty with fewer than 2 regimes."""
+    complete = [r for r in regimes if all(key in r for _, key in METHODS)]
+    if len(complete) < 2:
+        return []
+    folds = []
+    for held_out in complete:
+        scores = []
+        for index, (_, key) in enumerate(METHODS):
+            regrets = [x for r in complete if r is not held_out for x in r[key]["shipped_regret_pp"]]
+            scores.append((max(regrets), float(np.mean(regrets)), index))
+        worst, mean, index = min(scores)
+        name, key = METHODS[index]
+        folds.append(
+            {
+                "held_out": held_out["regime"],
+                "method": name,
+                "in_sample_worst_pp": worst,
+                "in_sample_mean_pp": mean,
+                "held_out_regret_pp": list(held_out[key]["shipped_regret_pp"]),
+            }
+        )
+    return folds
+
+
+def _out_of_sample_lines(regimes: list[dict]) -> list[str]:
+    """The ``shipped.md`` section of :func:`leave_one_regime_out`: a row per held-out regime and the worst and mean
+    of the held-out regrets; nothing without folds."""
+    folds = leave_one_regime_out(regimes)
+    if not folds:
+        return []
+    held_out = [x for fold in folds for x in fold["held_out_regret_pp"]]
+    rows = [
+        f"| {fold['held_out']} | {fold['method']} | {fold['in_sample_worst_pp']:.2f} / {fold['in_sample_mean_pp']:.2f} "
+        f"| {', '.join(f'{x:.2f}' for x in fold['held_out_regret_pp'])} |"
+        for fold in folds
+    ]
+    return [
+        "## The choice of method, out of sample (leave one regime out)",
+        "",
+        "For each regime held out, the method with the lowest worst shipped regret on the other regimes (ties: the",
+        "lower mean, then the order finalists, by strength, branching), and its shipped regret per searcher seed on",
+        "the held-out regime, in pp.",
+        "",
+        "| held out | chosen on the others | their worst / mean | held-out regret per searcher seed |",
+        "|---|---|---|---|",
+        *rows,
+        "",
+        f"Out of sample: worst {max(held_out):.2f} pp, mean {np.mean(held_out):.2f} pp over the "
+        f"{len(held_out)} searches of the {len(folds)} held-out regimes.",
+        "",
+    ]
+
+
+def time_cost(record: dict, regime: dict) -> list[float | None]:
+    """Per search of a ``shipped_search*`` ``record`` of ``regime`` (its ``results.json`` entry), the measured wall
+    seconds it costs beyond the one final training as a share of a full sweep's (``sweep_wall_seconds``): the
+    trials' seconds plus, per finalist beyond the first, a sweep candidate's mean; for branching (no
+    ``finalist_candidates``) the trials' seconds less that mean, the trunk and one branch being what its final
+    training reuses. None where the regime has no sweep time."""
+    sweep = regime.get("sweep_wall_seconds")
+    if not sweep:
+        return [None] * len(record["trial_seconds"])
+    per_candidate = sweep / len(regime["candidates"])
+    extra = [len(f) - 1 for f in record["finalist_candidates"]] if "finalist_candidates" in record else None
+    return [
+        (seconds + (extra[i] * per_candidate if extra else -per_candidate)) / sweep
+        for i, seconds in enumerate(record["trial_seconds"])
+    ]
 
 
 def _finalists_section(regimes: list[dict], key: str, title: str, intro: list[str]) -> list[str]:
     """The ``shipped.md`` section of a finalists method recorded under ``key``: its ``title`` heading, ``intro``
     lines and :func:`_finalists_table` of the regimes that hold it; nothing when none does."""
-    rows = [(r["regime"], r[key]) for r in regimes if key in r]
+    rows = [(r, r[key]) for r in regimes if key in r]
     return [f"## {title}", "", *intro, "", *_finalists_table(rows)] if rows else []
 
 
-def _finalists_table(records: list[tuple[str, dict]]) -> list[str]:
-    """The rows of the finalists section of :func:`shipped_lines` for ``(regime, shipped_search_finalists)``
+def _finalists_table(records: list[tuple[dict, dict]]) -> list[str]:
+    """The rows of the finalists section of :func:`shipped_lines` for ``(regime entry, shipped_search_finalists)``
     pairs, and their worst regrets."""
 
-    def row(regime: str, record: dict, i: int) -> str:
+    def row(regime: dict, record: dict, i: int) -> str:
         return (
-            f"| {regime} | {record['searcher_seeds'][i]} | {', '.join(record['finalist_candidates'][i])} "
+            f"| {regime['regime']} | {record['searcher_seeds'][i]} | {', '.join(record['finalist_candidates'][i])} "
             f"| {record['pick_true_pct'][i]:.2f} ({record['regret_pp'][i]:.2f}) "
             f"| {record['shipped_pct'][i]:.2f} ({record['shipped_regret_pp'][i]:.2f}) "
-            f"| {_counted(record['shipped_runs'][i])} | {record['cost'][i]:.2f} |"
+            f"| {_counted(record['shipped_runs'][i])} | {_costs(record, regime, i)} |"
         )
 
-    header = "| regime | searcher seed | finalists | winner alone (regret) | shipped (regret) | shipped runs | cost |"
+    header = (
+        "| regime | searcher seed | finalists | winner alone (regret) | shipped (regret) | shipped runs "
+        "| cost: epochs / time |"
+    )
     worst = {"regret_pp": "winner alone", "shipped_regret_pp": "shipped"}
     return _regret_table(records, header, row, worst)
 
 
-def _shipped_table(records: list[tuple[str, dict]]) -> list[str]:
-    """The rows of :func:`shipped_lines` for ``(regime, shipped_search)`` pairs, and their worst regrets."""
+def _shipped_table(records: list[tuple[dict, dict]]) -> list[str]:
+    """The rows of :func:`shipped_lines` for ``(regime entry, shipped_search)`` pairs, and their worst regrets."""
     if not records:
         return ["No regime has a measured shipped search yet.", ""]
 
-    def row(regime: str, record: dict, i: int) -> str:
+    def row(regime: dict, record: dict, i: int) -> str:
         return (
-            f"| {regime} | {record['trunk']} | {record['searcher_seeds'][i]} | {record['picks'][i]} "
+            f"| {regime['regime']} | {record['trunk']} | {record['searcher_seeds'][i]} | {record['picks'][i]} "
             f"| {record['pick_true_pct'][i]:.2f} ({record['regret_pp'][i]:.2f}) "
             f"| {record['delivered_pct'][i]:.2f} ({record['delivered_regret_pp'][i]:.2f}) "
             f"| {record['shipped_pct'][i]:.2f} ({record['shipped_regret_pp'][i]:.2f}) "
-            f"| {record['baseline_shipped'][i]} of {len(record['ground_truth_seeds'])} | {record['cost'][i]:.2f} |"
+            f"| {record['baseline_shipped'][i]} of {len(record['ground_truth_seeds'])} | {_costs(record, regime, i)} |"
         )
 
     header = (
         "| regime | trunk | searcher seed | pick | alone (regret) | delivered (regret) | shipped (regret) "
-        "| baseline shipped | cost |"
+        "| baseline shipped | cost: epochs / time |"
     )
     worst = {"regret_pp": "alone", "delivered_regret_pp": "delivered", "shipped_regret_pp": "shipped"}
     return _regret_table(records, header, row, worst)
 
 
-def _regret_table(records: list[tuple[str, dict]], header: str, row, worst_labels: dict[str, str]) -> list[str]:
-    """A markdown table: ``header``, its separator, ``row(regime, record, i)`` for each searcher seed ``i`` of each
-    ``(regime, record)``, then one line with the worst of each regret field over them (``worst_labels``: field ->
-    label, in order)."""
+def _costs(record: dict, regime: dict, i: int) -> str:
+    """The cost cell of search ``i``: its epochs cost and its :func:`time_cost` (``n/a`` without a sweep time)."""
+    seconds = time_cost(record, regime)[i]
+    return f"{record['cost'][i]:.2f} / " + ("n/a" if seconds is None else f"{seconds:.2f}")
+
+
+def _regret_table(records: list[tuple[dict, dict]], header: str, row, worst_labels: dict[str, str]) -> list[str]:
+    """A markdown table: ``header``, its separator, ``row(regime entry, record, i)`` for each searcher seed ``i`` of
+    each ``(regime entry, record)``, then one line with the worst of each regret field over them (``worst_labels``:
+    field -> label, in order)."""
     lines = [header, "|---" * header.count(" | ") + "|---|"]
     worst = dict.fromkeys(worst_labels, 0.0)
     for regime, record in records:
         lines += [row(regime, record, i) for i in range(len(record["searcher_seeds"]))]
         for name in worst:
             worst[name] = max(worst[name], *record[name])
-    regimes = _count(len({regime for regime, _ in records}), "regime")
+    regimes = _count(len({regime["regime"] for regime, _ in records}), "regime")
     measured = ", ".join(f"{label} {worst[name]:.2f} pp" for name, label in worst_labels.items())
     return [*lines, "", f"Worst regret over the {regimes} measured: {measured}.", ""]
 

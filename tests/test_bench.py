@@ -478,6 +478,7 @@ def test_shipped_table_rows_and_worst_regrets_from_hand_values():
         "shipped_regret_pp": [0.0, 9.5],
         "baseline_shipped": [1, 0],
         "cost": [0.3, 0.15],
+        "trial_seconds": [50.0, 75.0],
         "trunk": "t",
     }
     other = {**record, "regret_pp": [12.0, 0.0], "delivered_regret_pp": [0.0, 0.0], "shipped_regret_pp": [0.0, 0.0]}
@@ -488,18 +489,21 @@ def test_shipped_table_rows_and_worst_regrets_from_hand_values():
         "shipped_runs": [["y", "baseline"], ["z", "z"]],
         "shipped_regret_pp": [2.0, 5.0],
     }
+    timed = {"sweep_wall_seconds": 100.0, "candidates": ["p", "q", "r", "s"]}  # 25 s per candidate
     lines = shipped_lines(
         [
-            {"regime": "a", "shipped_search": record},
-            {"regime": "b", "shipped_search_trunks": {"u": another_trunk}, "shipped_search_finalists": hedged},
-            {"regime": "c", "shipped_search": other},
+            {"regime": "a", "shipped_search": record, **timed},
+            {"regime": "b", "shipped_search_trunks": {"u": another_trunk}, "shipped_search_finalists": hedged, **timed},
+            {"regime": "c", "shipped_search": other, "candidates": ["p"]},
         ]
     )
     rows = [line for line in lines if line.startswith("| a |")]
+    # branching's time: its trials' seconds less one candidate's full training, over the sweep: (50 - 25) / 100
     assert rows == [
-        "| a | t | 0 | x | 70.00 (1.00) | 71.00 (0.50) | 71.50 (0.00) | 1 of 2 | 0.30 |",
-        "| a | t | 1 | none | 60.00 (11.00) | 62.00 (9.50) | 62.00 (9.50) | 0 of 2 | 0.15 |",
+        "| a | t | 0 | x | 70.00 (1.00) | 71.00 (0.50) | 71.50 (0.00) | 1 of 2 | 0.30 / 0.25 |",
+        "| a | t | 1 | none | 60.00 (11.00) | 62.00 (9.50) | 62.00 (9.50) | 0 of 2 | 0.15 / 0.50 |",
     ]
+    assert [line for line in lines if line.startswith("| c | t | 0 |")][0].endswith("| 0.30 / n/a |")
     # the default's measurement (finalists) comes first, then branching's table (a, c) with its worst regrets, then
     # b's other trunk in a section of its own
     finalists_section = lines.index("## Finalists (the default; `--finalists 2`, `shipped_search_finalists`)")
@@ -507,17 +511,49 @@ def test_shipped_table_rows_and_worst_regrets_from_hand_values():
     other_section = lines.index("## Late-phase branching from other trunks (`--trunk`, `shipped_search_trunks`)")
     assert finalists_section < branching_section < other_section
     assert [line for line in lines[finalists_section:branching_section] if line.startswith("| b |")] == [
-        "| b | 0 | x, y | 70.00 (1.00) | 71.50 (2.00) | y, baseline | 0.30 |",
-        "| b | 1 | none, z | 60.00 (11.00) | 62.00 (5.00) | z x2 | 0.15 |",
+        "| b | 0 | x, y | 70.00 (1.00) | 71.50 (2.00) | y, baseline | 0.30 / 0.75 |",  # (50 + 1 x 25) / 100
+        "| b | 1 | none, z | 60.00 (11.00) | 62.00 (5.00) | z x2 | 0.15 / 1.00 |",
     ]
     assert "Worst regret over the 1 regime measured: winner alone 11.00 pp, shipped 5.00 pp." in lines
     default_worst = "Worst regret over the 2 regimes measured: alone 12.00 pp, delivered 9.50 pp, shipped 9.50 pp."
     assert branching_section < lines.index(default_worst) < other_section
     assert not any(line.startswith("| b |") for line in lines[branching_section:other_section])
     assert [line for line in lines[other_section:] if line.startswith("| b | u | 1 |")] == [
-        "| b | u | 1 | none | 60.00 (11.00) | 62.00 (9.50) | 62.00 (4.00) | 0 of 2 | 0.15 |"
+        "| b | u | 1 | none | 60.00 (11.00) | 62.00 (9.50) | 62.00 (4.00) | 0 of 2 | 0.15 / 0.50 |"
     ]
     assert "Worst regret over the 1 regime measured: alone 11.00 pp, delivered 9.50 pp, shipped 4.00 pp." in lines
+
+
+def test_the_method_is_chosen_on_the_other_regimes_and_judged_on_the_held_out_one():
+    from bench.shipped import _out_of_sample_lines, leave_one_regime_out
+
+    def regime(name: str, finalists: list[float], strength: list[float], branching: list[float]) -> dict:
+        keys = ("shipped_search_finalists", "shipped_search_strength", "shipped_search")
+        methods = (finalists, strength, branching)
+        return {"regime": name, **{key: {"shipped_regret_pp": r} for key, r in zip(keys, methods, strict=True)}}
+
+    regimes = [
+        regime("a", [0.0, 3.0], [1.0, 1.0], [0.0, 0.5]),
+        regime("b", [1.0, 1.0], [2.0, 0.0], [4.0, 0.0]),
+        regime("c", [2.0, 0.0], [2.0, 2.0], [0.0, 0.0]),
+        {"regime": "d", "shipped_search_finalists": {"shipped_regret_pp": [9.0]}},  # not every method: left out
+    ]
+    folds = leave_one_regime_out(regimes)
+    # held out a: on b and c finalists 2.0 / 1.0, strength 2.0 / 1.5, branching 4.0 / 1.0 -> finalists (lower mean)
+    # held out b: finalists 3.0, strength 2.0, branching 0.5 -> branching
+    # held out c: finalists 3.0 / 1.25, strength 2.0 / 1.0, branching 4.0 -> strength
+    assert [(f["held_out"], f["method"], f["held_out_regret_pp"]) for f in folds] == [
+        ("a", "finalists", [0.0, 3.0]),
+        ("b", "late-phase branching", [4.0, 0.0]),
+        ("c", "finalists by strength", [2.0, 2.0]),
+    ]
+    assert (folds[0]["in_sample_worst_pp"], folds[0]["in_sample_mean_pp"]) == (2.0, 1.0)
+    tie = [regime("a", [1.0], [1.0], [1.0]), regime("b", [2.0], [2.0], [2.0])]
+    assert [f["method"] for f in leave_one_regime_out(tie)] == ["finalists", "finalists"]  # the declared order
+    assert leave_one_regime_out(regimes[:1]) == []
+    lines = _out_of_sample_lines(regimes)
+    assert "| a | finalists | 2.00 / 1.00 | 0.00, 3.00 |" in lines
+    assert "Out of sample: worst 4.00 pp, mean 1.83 pp over the 6 searches of the 3 held-out regimes." in lines
 
 
 def test_a_cached_search_of_another_trunk_is_not_read_as_the_defaults(tmp_path):
