@@ -51,9 +51,36 @@ def _straight_through(value: torch.Tensor, surrogate: torch.Tensor) -> torch.Ten
     return value.detach() + (surrogate - surrogate.detach())
 
 
+class _RoundSTE(torch.autograd.Function):
+    """Round to the nearest integer in the forward pass, the identity in the backward pass: one pass over the
+    tensor, where ``_straight_through(x.round(), x)`` takes three (half the time of a quantized student's
+    evaluation)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.round()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad
+
+
+class _ScaledGradient(torch.autograd.Function):
+    """Exactly ``x`` in the forward pass, the incoming gradient times ``scale`` in the backward pass."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad * ctx.scale, None
+
+
 def _round_ste(x: torch.Tensor) -> torch.Tensor:
     """Round to the nearest integer with an identity gradient."""
-    return _straight_through(x.round(), x)
+    return _RoundSTE.apply(x)
 
 
 def _along(step: torch.Tensor, dim: int, ndim: int) -> torch.Tensor:
@@ -127,8 +154,11 @@ class LSQQuantizer(_DataInitQuantizer):
         if not self._initialized:
             self.initialize(x)
         qn, qp = self.levels
+        if not torch.is_grad_enabled():  # evaluation: the same operations in place, half the time
+            step = _along(self.step, self.channel_dim, x.dim())
+            return torch.clamp(x / step, qn, qp).round_().mul_(step)
         grad_scale = 1.0 / math.sqrt(x.numel() / self.step.numel() * qp)
-        step = _along(_straight_through(self.step, self.step * grad_scale), self.channel_dim, x.dim())
+        step = _along(_ScaledGradient.apply(self.step, grad_scale), self.channel_dim, x.dim())
         return _round_ste(torch.clamp(x / step, qn, qp)) * step
 
     @torch.no_grad()

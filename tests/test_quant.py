@@ -134,6 +134,21 @@ def test_lsq_step_gradient_matches_hand_computation():
     assert torch.equal(x.grad, torch.tensor([0.0, 1.0, 0.0, 0.0]))  # straight through only inside the range
 
 
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_lsq_evaluation_gives_exactly_the_training_values_and_leaves_its_input_alone(per_channel):
+    quantizer = LSQQuantizer(3, signed=True, per_channel=per_channel)  # Qn = -4, Qp = 3
+    quantizer.set_state(torch.tensor([0.1, 0.2]) if per_channel else torch.tensor([0.15]), signed=True)
+    x = torch.tensor([[0.13, -0.36, -0.01, 9.0], [0.9, 0.05, -0.8, -0.1]])
+    trained = quantizer(x.clone().requires_grad_()).detach()
+    with torch.no_grad():
+        evaluated = quantizer(x)
+    assert torch.equal(evaluated, trained) and torch.equal(x[0], torch.tensor([0.13, -0.36, -0.01, 9.0]))
+    # by hand, step 0.15: x/s = 0.87, -2.4, -0.07, 60 -> 1, -2, -0 (round keeps the sign), 3 (Qp)
+    if not per_channel:
+        assert torch.equal(torch.signbit(evaluated[0]), torch.tensor([False, True, True, False]))
+        assert torch.allclose(evaluated[0], torch.tensor([0.15, -0.3, 0.0, 0.45]))
+
+
 def test_lsq_per_channel_step_gradient_matches_hand_computation():
     quantizer = LSQQuantizer(3, signed=True, per_channel=True)  # Qn = -4, Qp = 3
     quantizer.set_state(torch.tensor([0.1, 0.2]), signed=True)
