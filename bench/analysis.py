@@ -15,7 +15,7 @@ from daq_search.metric import METRIC_MODES
 from daq_search.selection import DEFAULT_OBJECTIVE, DEFAULT_TRIAL_FRACTION
 from daq_search.spaces import SearchSpace
 
-from .regimes import BUDGETS, CURVE_BUDGETS, Regime
+from .regimes import BUDGETS, CURVE_BUDGETS, Regime, build_regime
 from .runs import READ_FIELDS, Job
 from .schedulers import Replay, replay_hyperband, replay_tpe_asha
 from .stats import agreement, noise_gate, one_seed_sweep, random_pick_regret
@@ -96,6 +96,18 @@ def ground_truth(regime: Regime, results: dict) -> np.ndarray | None:
             row.append(result["test_top1"])
         rows.append(row)
     return np.array(rows)
+
+
+def judged_seeds(seeds: list[int], curve_seed: int) -> list[int]:
+    """The seeds whose full runs judge the rules: every seed but the curve seed, whose runs the student-scored rules,
+    replays and calibration anchors read (judged by their own runs, they would look better than they are)."""
+    return [seed for seed in seeds if seed != curve_seed]
+
+
+def judged_truth(seeds: list[int], curve_seed: int, top1: np.ndarray) -> np.ndarray:
+    """The ground truth the rules are judged against: the columns of ``top1`` (test top-1 [candidates, seeds], one
+    column per seed in ``seeds``) of :func:`judged_seeds`."""
+    return np.asarray(top1)[:, [seeds.index(seed) for seed in judged_seeds(seeds, curve_seed)]]
 
 
 def completed_seeds(regime: Regime, results: dict) -> list[int]:
@@ -202,8 +214,11 @@ def replays(regime: Regime, results: dict) -> list[tuple[str, str, Replay]]:
     return found
 
 
-def rule_results(regime: Regime, results: dict, top1: np.ndarray) -> list[RuleResult]:
-    """Every rule whose inputs are in ``results``, judged against ``top1``; rules with missing inputs are left out."""
+def rule_results(regime: Regime, results: dict, all_seeds: np.ndarray) -> list[RuleResult]:
+    """Every rule whose inputs are in ``results``, judged against :func:`judged_truth` of ``all_seeds`` (test top-1
+    [candidates, seeds]) but the single-seed sweep, which is judged leave one seed out over all of them; rules with
+    missing inputs are left out."""
+    top1 = judged_truth(list(regime.seeds), regime.curve_seed(), all_seeds)
     rng = np.random.default_rng(0)
     candidates = list(regime.candidates)
     sweep = sweep_seconds(regime, results)
@@ -231,38 +246,76 @@ def rule_results(regime: Regime, results: dict, top1: np.ndarray) -> list[RuleRe
     for name, objective, replay in replays(regime, results):
         mode = METRIC_MODES[objective]
         rules.append(_pick_rule(name + " (replayed)", mode, replay.winner, top1, candidates, replay.seconds, sweep))
-    sweep_agree = one_seed_sweep(top1)
-    rules.append(
-        RuleResult(
-            rule="1-seed full sweep (leave-one-out)",
-            mode="max",
-            values=[float(v) for v in top1[:, 0]],
-            rho=sweep_agree.rho,
-            rho_ci=sweep_agree.rho_range,
-            tau=sweep_agree.tau,
-            tau_ci=NAN_PAIR,
-            pick=", ".join(sorted({candidates[p] for p in sweep_agree.picks})),
-            regret_pp=100 * sweep_agree.regret,
-            seconds=sweep,
-            cost_fraction=1.0,
-        )
-    )
-    rules.append(
-        RuleResult(
-            rule="random pick (expected)",
-            mode="max",
-            values=[],
-            rho=0.0,
-            rho_ci=NAN_PAIR,
-            tau=0.0,
-            tau_ci=NAN_PAIR,
-            pick="(any)",
-            regret_pp=100 * random_pick_regret(top1),
-            seconds=0.0,
-            cost_fraction=0.0,
-        )
-    )
+    rules.append(_one_seed_sweep_rule(all_seeds, candidates, sweep))
+    rules.append(_random_pick_rule(top1))
     return rules
+
+
+ONE_SEED_SWEEP_RULE = "1-seed full sweep (leave-one-out)"
+RANDOM_PICK_RULE = "random pick (expected)"
+
+
+def _one_seed_sweep_rule(top1: np.ndarray, candidates: list[str], sweep: float) -> RuleResult:
+    """A sweep of every candidate on one seed, judged leave one seed out against the mean of the other seeds."""
+    sweep_agree = one_seed_sweep(top1)
+    return RuleResult(
+        rule=ONE_SEED_SWEEP_RULE,
+        mode="max",
+        values=[float(v) for v in top1[:, 0]],
+        rho=sweep_agree.rho,
+        rho_ci=sweep_agree.rho_range,
+        tau=sweep_agree.tau,
+        tau_ci=NAN_PAIR,
+        pick=", ".join(sorted({candidates[p] for p in sweep_agree.picks})),
+        regret_pp=100 * sweep_agree.regret,
+        seconds=sweep,
+        cost_fraction=1.0,
+    )
+
+
+def _random_pick_rule(top1: np.ndarray) -> RuleResult:
+    """The expected regret of a uniformly random pick against ``top1``."""
+    return RuleResult(
+        rule=RANDOM_PICK_RULE,
+        mode="max",
+        values=[],
+        rho=0.0,
+        rho_ci=NAN_PAIR,
+        tau=0.0,
+        tau_ci=NAN_PAIR,
+        pick="(any)",
+        regret_pp=100 * random_pick_regret(top1),
+        seconds=0.0,
+        cost_fraction=0.0,
+    )
+
+
+def rejudge(summary: dict) -> dict:
+    """A complete regime ``summary`` (a ``results.json`` entry) with its rules judged again from what it recorded, as
+    :func:`rule_results` judges them, without the runs: each rule's readings (``values``, with its ``tiebreak``
+    where recorded; a tie without one is drawn, seeded) or, for a replay, its pick, against :func:`judged_truth`
+    of ``top1_pct`` (``judged_seeds`` says which); the single-seed sweep from ``top1_pct`` itself."""
+    seeds, candidates, sweep = summary["seeds"], summary["candidates"], summary["sweep_seconds"]
+    curve_seed = build_regime(summary["regime"], tuple(seeds)).curve_seed()
+    all_seeds = np.asarray(summary["top1_pct"], float) / 100
+    top1 = judged_truth(seeds, curve_seed, all_seeds)
+    rng = np.random.default_rng(0)
+    rules = []
+    for rule in summary["rules"]:
+        name, mode, seconds = rule["rule"], rule["mode"], rule["seconds"]
+        if name == ONE_SEED_SWEEP_RULE:
+            judged = _one_seed_sweep_rule(all_seeds, candidates, sweep)
+        elif name == RANDOM_PICK_RULE:
+            judged = _random_pick_rule(top1)
+        elif not rule["values"]:
+            judged = _pick_rule(name, mode, rule["pick"], top1, candidates, seconds, sweep)
+        else:
+            own_rng = np.random.default_rng(0) if name == CALIBRATED_RULE else rng
+            values, tiebreak = rule["values"], rule.get("tiebreak")
+            judged = _rule(name, mode, values, top1, candidates, seconds, sweep, own_rng, tiebreak)
+            judged = replace(judged, chosen_rule=rule.get("chosen_rule"))
+        rules.append(asdict(judged))
+    return {**summary, "rules": rules, "judged_seeds": judged_seeds(seeds, curve_seed)}
 
 
 CALIBRATED_RULE = "calibrated search (3 anchors, rule chosen per regime)"
@@ -488,6 +541,7 @@ def regime_summary(regime: Regime, results: dict) -> dict:
         sweep_seconds=sweep_seconds(regime, results),
         sweep_wall_seconds=sweep_seconds(regime, results, "wall_seconds"),
         scoring_costs=scoring_costs(regime, results),
+        judged_seeds=judged_seeds(list(regime.seeds), regime.curve_seed()),
         rules=[asdict(rule) for rule in rule_results(regime, results, top1)],
     )
     calibrated = calibrated_search(regime, results)

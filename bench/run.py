@@ -26,7 +26,7 @@ import torch
 
 from daq_search.teacher import teacher_key
 
-from .analysis import cross_regime, passing, regime_summary
+from .analysis import cross_regime, passing, regime_summary, rejudge
 from .loop_ratio import CACHE_FILE as LOOP_RATIO_FILE
 from .loop_ratio import FINAL_CACHE_FILE as FINAL_LOOP_RATIO_FILE
 from .loop_ratio import record as record_loop_ratio
@@ -53,6 +53,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--grace-s", type=float, default=60.0, help="with --budget-s: then wait this long for running jobs"
     )
     parser.add_argument("--report-only", action="store_true", help="write the outputs from the cache, run nothing")
+    parser.add_argument(
+        "--rejudge",
+        action="store_true",
+        help="judge the rules in --out's results.json again from what it recorded (no cache needed; see "
+        "bench.analysis.rejudge) and rewrite the outputs, run nothing",
+    )
     parser.add_argument(
         "--no-report",
         action="store_true",
@@ -265,9 +271,21 @@ def summary_lines(summaries: list[dict], table: dict, quick: bool, meta: dict) -
     return lines
 
 
+def rejudge_outputs(out: Path) -> None:
+    """Rewrite ``out``'s outputs with every complete regime's rules judged again (:func:`bench.analysis.rejudge`)
+    from ``out/results.json`` alone, keeping everything else it recorded."""
+    recorded = json.loads((out / "results.json").read_text())
+    summaries = [rejudge(summary) if summary.get("complete") else summary for summary in recorded["regimes"]]
+    meta = {key: value for key, value in recorded.items() if key not in ("quick", "regimes", "cross_regime")}
+    write_outputs(summaries, out, recorded["quick"], meta)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark (resuming from the cache) and write its outputs; returns the exit status."""
     args = parse_args(argv)
+    if args.rejudge:
+        rejudge_outputs(Path(args.out))
+        return 0
     torch.set_num_threads(1)
     start = time.perf_counter()
     names = args.regimes.split(",") if args.regimes else (QUICK_REGIMES if args.quick else FULL_REGIMES)

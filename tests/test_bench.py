@@ -17,6 +17,7 @@ from bench.analysis import (
     calibrated_search,
     calibration_anchors,
     cross_regime,
+    rejudge,
     strong_margin,
 )
 from bench.planted import Nuisance, apply_nuisance
@@ -309,8 +310,10 @@ def test_quick_benchmark_writes_its_outputs_whatever_the_gate_and_resumes_exactl
     gate = noise_gate(top1)
     assert regime["gate"]["split_half_rho"] == pytest.approx(gate.split_half_rho)
     assert regime["gate"]["passes"] == (gate.split_half_rho >= 0.8)
-    # each ranking rule's Spearman and regret follow from its values and the ground truth
-    truth = top1.mean(1)
+    # each ranking rule's Spearman and regret follow from its values and the ground truth of every seed but the
+    # curve seed (the first), whose runs the student rules read
+    assert regime["judged_seeds"] == regime["seeds"][1:]
+    truth = top1[:, 1:].mean(1)
     rules = {rule["rule"]: rule for rule in regime["rules"]}
     for name in (
         "teacher score_ce (sample_ce - cmi)",
@@ -327,6 +330,13 @@ def test_quick_benchmark_writes_its_outputs_whatever_the_gate_and_resumes_exactl
         picked = regime["candidates"][pick(good, tiebreak)]
         assert rule["pick"] == picked
         assert rule["regret_pp"] == pytest.approx(100 * (truth.max() - truth[regime["candidates"].index(picked)]))
+    # judged again from results.json alone (no cache), every rule comes out the same (to float rounding: the
+    # accuracies went through percent)
+    for again, first in zip(rejudge(regime)["rules"], regime["rules"], strict=True):
+        assert again.keys() == first.keys()
+        for key, value in first.items():
+            numbers = isinstance(value, float) or (isinstance(value, list) and value and isinstance(value[0], float))
+            assert again[key] == (pytest.approx(value, nan_ok=True) if numbers else value), (first["rule"], key)
     shipped = [r for r in regime["rules"] if "(former default)" in r["rule"]]
     assert len(shipped) == 1 and shipped[0]["pick"] in regime["candidates"]
     assert rules["1-seed full sweep (leave-one-out)"]["cost_fraction"] == 1.0
@@ -695,3 +705,33 @@ def test_strength_search_replay_picks_by_one_seed_and_is_judged_by_the_others():
     assert record["picks"] == ["mild", "middle"] and record["regret_pp"] == [2.0, 5.0]
     assert record["mean_regret_pp"] == 3.5 and record["worst_regret_pp"] == 5.0
     assert record["cost"] == [0.25, 0.25]  # one run beyond the final training, of 4 candidates
+
+
+def test_rules_are_judged_without_the_curve_seed_whose_runs_they_read():
+    from bench.analysis import judged_truth
+
+    top1 = np.array([[0.9, 0.5, 0.5], [0.5, 0.6, 0.6]])  # a and b; seed 0 (the curve seed) flatters a
+    assert np.array_equal(judged_truth([0, 1, 2], 0, top1), top1[:, 1:])
+    assert np.array_equal(judged_truth([8, 9, 10], 9, top1), top1[:, [0, 2]])
+    summary = {
+        "regime": "quick-digits",
+        "seeds": [0, 1, 2],
+        "candidates": ["a", "b"],
+        "sweep_seconds": 10.0,
+        "top1_pct": (100 * top1).tolist(),
+        "rules": [
+            {"rule": "reads a", "mode": "max", "values": [1.0, 0.0], "seconds": 1.0, "pick": "a"},
+            {"rule": "a replay (replayed)", "mode": "max", "values": [], "seconds": 5.0, "pick": "b"},
+            {"rule": "1-seed full sweep (leave-one-out)", "mode": "max", "values": [90.0, 50.0], "seconds": 10.0},
+            {"rule": "random pick (expected)", "mode": "max", "values": [], "seconds": 0.0, "pick": "(any)"},
+        ],
+    }
+    judged = rejudge(summary)
+    regrets = {rule["rule"]: rule["regret_pp"] for rule in judged["rules"]}
+    # on seeds 1 and 2: a 50 %, b 60 % (with seed 0 a would lead, 63.3 against 56.7, and "reads a" lose nothing)
+    assert regrets["reads a"] == pytest.approx(10.0) and regrets["a replay (replayed)"] == 0.0
+    assert regrets["random pick (expected)"] == pytest.approx(5.0)  # 60 - (50 + 60) / 2
+    # the sweep stays leave one seed out over all 3: seed 0 picks a, 10 below b on the rest; seeds 1 and 2 pick b,
+    # and on the rest a leads, (90 + 50) / 2 = 70 against (50 + 60) / 2 = 55: 15 each; mean (10 + 15 + 15) / 3
+    assert regrets["1-seed full sweep (leave-one-out)"] == pytest.approx(40 / 3)
+    assert judged["judged_seeds"] == [1, 2] and judged["rules"][0]["cost_fraction"] == 0.1
