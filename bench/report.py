@@ -272,8 +272,9 @@ def cross_regime_lines(table: dict) -> list[str]:
     recommended = table["recommended"] or "none (no rule within the cost limit is judged on every passing regime)"
     lines += [
         "",
-        f"**Recommended default** (lowest worst-case regret over the {len(regimes)} passing regime(s) among rules "
-        f"costing <= {table['cost_limit']:.0%} of a full sweep in each): {recommended}.",
+        f"**Recommended screen** (lowest worst-case regret over the {len(regimes)} passing regime(s) among rules "
+        f"costing <= {table['cost_limit']:.0%} of a full sweep in each): {recommended}. The package's default "
+        "screens with it and then trains finalists to the end; that search is measured end to end in shipped.md.",
         "",
     ]
     return lines
