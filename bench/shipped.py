@@ -755,21 +755,21 @@ def _out_of_sample_lines(regimes: list[dict]) -> list[str]:
     ]
 
 
-def time_cost(record: dict, regime: dict) -> list[float | None]:
-    """Per search of a ``shipped_search*`` ``record`` of ``regime`` (its ``results.json`` entry), the measured wall
-    seconds it costs beyond the one final training as a share of a full sweep's (``sweep_wall_seconds``): the
-    trials' seconds plus, per finalist beyond the first, a sweep candidate's mean; for branching (no
-    ``finalist_candidates``) the trials' seconds less that mean, the trunk and one branch being what its final
-    training reuses. None where the regime has no sweep time."""
+def time_cost(record: dict, regime: dict, i: int) -> float | None:
+    """The measured wall seconds search ``i`` of a ``shipped_search*`` ``record`` of ``regime`` (its
+    ``results.json`` entry) costs beyond the one final training, as a share of a full sweep's
+    (``sweep_wall_seconds``): the trials' seconds plus, per finalist beyond the first, a sweep candidate's mean; for
+    branching (no ``finalist_candidates``) the trials' seconds less that mean, the trunk and one branch being what
+    its final training reuses. None where the regime has no sweep time."""
     sweep = regime.get("sweep_wall_seconds")
     if not sweep:
-        return [None] * len(record["trial_seconds"])
+        return None
     per_candidate = sweep / len(regime["candidates"])
-    extra = [len(f) - 1 for f in record["finalist_candidates"]] if "finalist_candidates" in record else None
-    return [
-        (seconds + (extra[i] * per_candidate if extra else -per_candidate)) / sweep
-        for i, seconds in enumerate(record["trial_seconds"])
-    ]
+    if "finalist_candidates" in record:
+        beyond_trials = (len(record["finalist_candidates"][i]) - 1) * per_candidate
+    else:
+        beyond_trials = -per_candidate
+    return (record["trial_seconds"][i] + beyond_trials) / sweep
 
 
 def _finalists_section(regimes: list[dict], key: str, title: str, intro: list[str]) -> list[str]:
@@ -823,7 +823,7 @@ def _shipped_table(records: list[tuple[dict, dict]]) -> list[str]:
 
 def _costs(record: dict, regime: dict, i: int) -> str:
     """The cost cell of search ``i``: its epochs cost and its :func:`time_cost` (``n/a`` without a sweep time)."""
-    seconds = time_cost(record, regime)[i]
+    seconds = time_cost(record, regime, i)
     return f"{record['cost'][i]:.2f} / " + ("n/a" if seconds is None else f"{seconds:.2f}")
 
 

@@ -508,9 +508,8 @@ def _summarise(
     baseline = baseline_run(name)
     plain = outcomes.get(baseline) or (outcomes[name] if baseline_id is not None and baseline_id == candidate else None)
     entries = {run: _run_metrics(outcomes[run], run, run_candidate, plain) for run, run_candidate in runs}
-    contenders = [entries[name], *(entries[run] for run in entries if run_role(name, run) == "finalist")]
-    if baseline in entries:
-        contenders.append(entries[baseline])
+    finalists = [entries[run] for run in entries if run_role(name, run) == "finalist"]
+    contenders = [entries[name], *finalists, *([entries[baseline]] if baseline in entries else [])]
     shipped = contenders[shipped_index([run["val_acc"] for run in contenders])]
     outcome = outcomes[shipped["run"]]
     return {
@@ -547,7 +546,7 @@ def _summarise(
         "artifact": ARTIFACT_FILE,
         "ray_storage": storage,
         "search_winner": entries[name],
-        "finalists": [entries[run] for run in entries if run_role(name, run) == "finalist"],
+        "finalists": finalists,
         "baseline": (
             None
             if baseline_id is None
@@ -602,8 +601,9 @@ def _summary_lines(metrics: dict) -> list[str]:
         f"(loss {metrics['student_test_loss']:.4f}); FP teacher {100 * metrics['teacher_test_acc']:.2f} %"
     ]
     baseline = metrics["baseline"]
+    ran_baseline = baseline is not None and "skipped" not in baseline
     runs = [("winner", metrics["search_winner"]), *(("finalist", run) for run in metrics["finalists"])]
-    if baseline is not None and "skipped" not in baseline:
+    if ran_baseline:
         runs.append(("baseline", baseline))
     if len(runs) > 1:
         for role, run in runs:
@@ -616,7 +616,7 @@ def _summary_lines(metrics: dict) -> list[str]:
         lines.append(
             f"{ARTIFACT_FILE}: the {whose}'s ({metrics['candidate']}) model, the highest on validation at the last epoch"
         )
-    measured_baseline = runs[-1][1]["run"] if runs[-1][0] == "baseline" else metrics["name"]
+    measured_baseline = baseline["run"] if ran_baseline else metrics["name"]  # a skipped baseline is the winner's run
     if metrics["difference_pp"] is not None and metrics["shipped_run"] != measured_baseline:
         lines.append(
             f"shipped {metrics['candidate']} - baseline {baseline['candidate']} = {metrics['difference_pp']:+.2f} pp "
